@@ -1,0 +1,165 @@
+"""The plugin manager: builtins and third-party plugins go through the same hooks.
+
+Environment variables:
+- ``MINILLM_LOAD_PLUGINS``: comma-separated distribution names whose ``minillm`` entry points are loaded;
+  unset loads all installed plugins, an empty string loads none (the builtins are always loaded).
+- ``MINILLM_TRACE_PLUGINS=1``: print every hook call and its result to standard error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import MinillmError, unknown_name
+
+ENTRY_POINT_GROUP = "minillm"
+
+DEFAULT_PLUGINS = (
+    "minillm_cli.builtin.families",
+    "minillm_cli.builtin.commands",
+    "minillm_cli.builtin.objectives",
+)
+
+pm = pluggy.PluginManager("minillm")
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+_undo_tracing: Callable[[], None] | None = None
+# plugin name -> distribution version, for plugins that came from an entry point
+_plugin_versions: dict[str, str] = {}
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load the builtins and the installed plugins once; later calls are free."""
+    global _loaded
+    if _loaded:
+        return pm
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        if not pm.is_registered(module):
+            pm.register(module, name=module_name)
+    _load_entry_points(os.environ.get("MINILLM_LOAD_PLUGINS"))
+    validate()
+    if os.environ.get("MINILLM_TRACE_PLUGINS", "").lower() not in ("", "0", "false", "no"):
+        enable_tracing()
+    return pm
+
+
+def _load_entry_points(allow: str | None) -> None:
+    allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        dist_name = dist.name if dist is not None else entry_point.name
+        if allowed is not None and dist_name not in allowed and entry_point.name not in allowed:
+            continue
+        if pm.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # a broken plugin must name itself, not crash with a bare traceback
+            raise MinillmError(
+                f"plugin '{entry_point.name}' ({entry_point.value}) failed to import: {exc}; "
+                f"fix or uninstall it, or set MINILLM_LOAD_PLUGINS to the plugins you want"
+            ) from exc
+        pm.register(plugin, name=entry_point.name)
+        if dist is not None:
+            _plugin_versions[entry_point.name] = dist.version
+
+
+def validate() -> None:
+    """A hookimpl whose name matches no hookspec (a typo such as ``register_objective``) fails here, loudly."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise MinillmError(f"plugin error: {exc}; known hooks: {', '.join(known_hooks())}") from exc
+
+
+def enable_tracing(writer: Callable[[str], Any] | None = None) -> None:
+    global _undo_tracing
+    if _undo_tracing is not None:
+        return
+    pm.trace.root.setwriter(writer or sys.stderr.write)
+    _undo_tracing = pm.enable_tracing()
+
+
+def known_hooks() -> list[str]:
+    return sorted(name for name in dir(pm.hook) if not name.startswith("_"))
+
+
+def describe_plugins() -> list[dict]:
+    """Name, version and implemented hooks of every loaded plugin."""
+    from . import __version__
+
+    load_plugins()
+    rows = []
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin)
+        hooks = sorted(impl.name for impl in _hookcallers(plugin))
+        version = _plugin_versions.get(name) or (__version__ if name.startswith("minillm_cli.") else None)
+        rows.append({"name": name, "version": version, "hooks": hooks})
+    return sorted(rows, key=lambda row: (not row["name"].startswith("minillm_cli."), row["name"]))
+
+
+def _hookcallers(plugin):
+    return pm.get_hookcallers(plugin) or []
+
+
+# --- registries ---------------------------------------------------------------------------------------------
+
+
+def _collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:
+    load_plugins()
+    found: dict[str, Any] = {}
+
+    def register(item):
+        name = key(item)
+        if name in found:
+            raise MinillmError(f"{kind} '{name}' is registered twice; rename one of the plugins' {kind}s")
+        found[name] = item
+
+    getattr(pm.hook, hook_name)(register=register)
+    return found
+
+
+def model_families() -> dict:
+    """Family name -> ModelFamily."""
+    return _collect("register_model_families", "model family", lambda f: f.name)
+
+
+def objectives() -> dict:
+    """Objective name -> Objective class."""
+    return _collect("register_objectives", "objective", lambda o: o.name)
+
+
+def evaluators() -> dict:
+    """Suite name -> Evaluator class."""
+    return _collect("register_evaluators", "evaluator", lambda e: e.name)
+
+
+def get_family(name: str):
+    families = model_families()
+    if name not in families:
+        raise unknown_name("model family", name, families)
+    return families[name]
+
+
+def get_objective(name: str):
+    found = objectives()
+    if name not in found:
+        raise unknown_name("objective", name, found)
+    return found[name]
+
+
+def get_evaluator(name: str):
+    found = evaluators()
+    if name not in found:
+        raise unknown_name("evaluator", name, found)
+    return found[name]

@@ -1,0 +1,54 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+BUILTIN_FAMILIES = ["gpt2", "opt", "llama", "mistral", "qwen2", "gemma", "smollm2"]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """family -> directory of a tiny random-init model of that family, built once per session."""
+    from minillm_cli.testing import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    cache: dict[str, Path] = {}
+
+    def get(family: str = "llama", **kwargs) -> Path:
+        key = family + "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
+        if key not in cache:
+            # The directory name carries the family name, as real checkpoints' names do (smollm2 is detected so).
+            cache[key] = make_tiny_model(root / f"tiny-{key}", family, **kwargs)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def register_plugin():
+    """Register a plugin object for one test; unregistered afterwards."""
+    from minillm_cli.plugins import load_plugins, pm
+
+    load_plugins()
+    added = []
+
+    def register(plugin, name: str):
+        pm.register(plugin, name=name)
+        added.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in added:
+        pm.unregister(plugin)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared/data is not present beside the project")
+    return SHARED_DATA
