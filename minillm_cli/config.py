@@ -32,12 +32,12 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: Optional[int] = option(None, "Optimizer steps; null derives them from epochs.")
-    epochs: float = option(1.0, "Passes over the training data (when steps is null).")
+    epochs: float = option(2.0, "Passes over the training data (when steps is null).")
     batch_size: int = option(8, "Sequences per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     lr: float = option(5e-4, "Peak learning rate.")
     schedule: str = option("cosine", "constant, constant_with_warmup, linear or cosine.")
-    warmup_steps: int = option(0, "Linear warm-up steps.")
+    warmup_steps: int = option(5, "Linear warm-up steps.")
     min_lr: float = option(1e-7, "Final learning rate of the cosine schedule (REFERENCE §2).")
     weight_decay: float = option(1e-6, "AdamW weight decay (REFERENCE §2).")
     betas: list = option((0.9, 0.95), "AdamW betas (REFERENCE §2).")
@@ -61,7 +61,7 @@ class GenerationConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = option(50, "Validate every N optimizer steps; 0 = only at the end.")
+    every: int = option(40, "Validate every N optimizer steps; 0 = only at the end.")
     max_examples: int = option(64, "Validation examples used for the loss.")
     rouge_examples: int = option(32, "Validation prompts decoded for Rouge-L; 0 = skip Rouge-L.")
     max_new_tokens: int = option(64, "New tokens per validation response (greedy decoding).")
@@ -71,7 +71,7 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = option(100, "Save a resumable checkpoint every N steps; 0 = only at the end and on Ctrl-C.")
+    every: int = option(40, "Save a resumable checkpoint every N steps; 0 = only at the end and on Ctrl-C.")
     keep: int = option(2, "Resumable checkpoints kept (the oldest are deleted).")
 
 

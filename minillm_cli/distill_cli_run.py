@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 
-def run_distill_command(*, overrides, recipe: Optional[str], resume: Optional[str], print_config: bool, progress: bool, options: dict):
+def run_distill_command(
+    *, overrides, recipe: Optional[str], resume: Optional[str], print_config: bool, progress: bool, options: dict,
+    overwrite: bool = False,
+):
     from rich.console import Console
 
     from .checkpoint import find_resume_checkpoint
@@ -25,6 +28,8 @@ def run_distill_command(*, overrides, recipe: Optional[str], resume: Optional[st
     if print_config:
         print(config_yaml, end="")
         return
+    if checkpoint is None:
+        _claim_output_dir(Path(config.output_dir), overwrite)
     from .distill_run import prepare
 
     prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
@@ -49,6 +54,31 @@ def run_distill_command(*, overrides, recipe: Optional[str], resume: Optional[st
     _print_summary(console, result, config)
 
 
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard")
+
+
+def _claim_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """A new run never mixes its checkpoints and metrics with an earlier run's."""
+    import shutil
+
+    from .checkpoint import list_checkpoints
+    from .errors import MinillmError
+
+    existing = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if not existing:
+        return
+    if not overwrite:
+        latest = list_checkpoints(output_dir)
+        held = f" (checkpoints up to {latest[-1].name})" if latest else ""
+        raise MinillmError(
+            f"output directory '{output_dir}' already holds a run{held}; pass --resume {output_dir} to continue "
+            "it, --overwrite to start over, or another --output-dir"
+        )
+    for name in existing:
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _output_dir_of(recipe, overrides, options) -> str:
     from .recipes import load_config
 
@@ -70,6 +100,6 @@ def _print_summary(console, result, config) -> None:
             table.add_row(label, fmt(result.before), fmt(result.after))
     console.print(table)
     console.print(
-        f"median {result.seconds_per_step:.2f} s/step, {result.tokens_per_second:.0f} tokens/s; "
+        f"median {result.seconds_per_step:.2f} s/step, {result.tokens_per_second:.0f} sequence tokens/s; "
         f"final student: {result.final_dir}; best: {result.best_dir}"
     )

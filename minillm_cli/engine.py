@@ -216,8 +216,11 @@ class Engine:
             micro.append(batch)
         ctx = self._context(num_tokens=1.0)
         micro = [self.objective.prepare_batch(batch, ctx) for batch in micro]
-        local_tokens = sum(batch.num_tokens for batch in micro)
-        global_tokens = self.accelerator.reduce(torch.tensor(float(local_tokens), device=self.device), "sum").item()
+        local = torch.tensor(
+            [float(sum(b.num_tokens for b in micro)), float(sum(int(b.attention_mask.sum()) for b in micro))],
+            device=self.device,
+        )
+        global_tokens, sequence_tokens = self.accelerator.reduce(local, "sum").tolist()
         # DDP averages gradients over processes; scaling by the process count turns that average into the sum,
         # so the loss is Σ tokens / global tokens: a per-token mean taken exactly once (REFERENCE §6's pitfall).
         ctx.num_tokens = max(global_tokens, 1.0) / self.accelerator.num_processes
@@ -240,6 +243,7 @@ class Engine:
         self.state.tokens_seen += int(global_tokens)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["tokens"] = global_tokens
+        totals["sequence_tokens"] = sequence_tokens
         return totals
 
     # --- validation ----------------------------------------------------------------------------------------
@@ -361,7 +365,7 @@ class Engine:
             # The reference takes its comparison loss from a step-0 evaluation (DistiLLM's schedule needs it).
             self.objective.on_validation(result.before)
             self._log({"step": 0, **result.before})
-        step_times, token_counts = [], []
+        step_times, token_counts = [], []  # token counts: every sequence token (prompt and response)
         with _StopFlag() as stop, self._progress() as progress:
             task = progress.add_task("distill", total=self.total_steps, completed=self.state.step, info="") if progress else None
             while self.state.step < self.total_steps:
@@ -369,12 +373,12 @@ class Engine:
                 record = self.train_step()
                 elapsed = time.perf_counter() - started
                 step_times.append(elapsed)
-                token_counts.append(record["tokens"])
-                record["tokens_per_second"] = record["tokens"] / elapsed if elapsed > 0 else 0.0
+                token_counts.append(record["sequence_tokens"])
+                record["tokens_per_second"] = record["sequence_tokens"] / elapsed if elapsed > 0 else 0.0
                 record["seconds"] = elapsed
                 self._log({"step": self.state.step, **record})
                 if progress:
-                    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "seconds", "tokens_per_second", "grad_norm"))
+                    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
                     progress.update(task, completed=self.state.step, info=f"{terms} | {record['tokens_per_second']:.0f} tok/s")
                 at_end = self.state.step == self.total_steps
                 if cfg.eval.every and (self.state.step % cfg.eval.every == 0) and not at_end:

@@ -6,6 +6,7 @@ directory, or a ``.gguf`` file; every command accepts all four.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -176,6 +177,24 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+@contextlib.contextmanager
+def _quiet_gguf(ref: ModelRef):
+    """transformers' GGUF dequantiser draws a bare tqdm bar that ignores its own progress-bar switch."""
+    if not ref.gguf_file:
+        yield
+        return
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def load_tokenizer(ref: ModelRef):
     """The tokenizer, with a pad token and the family's padding side."""
     from transformers import AutoTokenizer
@@ -199,7 +218,8 @@ def load_model(ref: ModelRef, dtype: str = "fp32", device=None, trainable: bool 
 
     quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=torch_dtype(dtype), **ref.load_kwargs())
+        with _quiet_gguf(ref):
+            model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=torch_dtype(dtype), **ref.load_kwargs())
     except OSError as exc:
         raise _hub_error(ref.spec, exc) from exc
     if ref.gguf_file and getattr(model.config, "quantization_config", None) is not None:

@@ -18,6 +18,7 @@ def distill(
     trim_vocab: Optional[bool] = typer.Option(None, "--trim-vocab/--no-trim-vocab", help="Distil over the shared vocabulary when logit widths differ."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, … (default: cuda when available)."),
     resume: Optional[str] = typer.Option(None, help="Resume from a checkpoint directory, a run's output directory, or 'auto'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's checkpoints, exports and metrics in the output directory."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
 ) -> None:
@@ -26,6 +27,7 @@ def distill(
 
     run_distill_command(
         overrides=overrides or [], recipe=recipe, resume=resume, print_config=print_config, progress=progress,
+        overwrite=overwrite,
         options={
             "teacher": teacher, "student": student, "objective.name": objective, "output_dir": output_dir,
             "train.steps": steps, "trim_vocab": trim_vocab, "device": device,

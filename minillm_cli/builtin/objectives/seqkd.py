@@ -143,7 +143,9 @@ def _read_cache(path: Path, examples: list) -> Optional[list[dict]]:
     if not path.is_file():
         return None
     try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # Split on "\n" only: str.splitlines() also breaks at U+0085, U+2028, U+2029, … which json.dumps
+        # (ensure_ascii=False) leaves unescaped inside responses, and the cache would never be reused.
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
         for record in records:
             if _texts(examples[record["index"]]) != (record["instruction"], record["input"]):
                 return None
