@@ -236,12 +236,12 @@ class Engine:
                 totals[key] = totals.get(key, 0.0) + float(value)
         if train.max_grad_norm and train.max_grad_norm > 0:
             totals["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.student.parameters(), train.max_grad_norm))
+        totals["lr"] = self.scheduler.get_last_lr()[0]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += int(global_tokens)
-        totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["tokens"] = global_tokens
         totals["sequence_tokens"] = sequence_tokens
         return totals

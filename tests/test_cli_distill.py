@@ -84,6 +84,11 @@ def distill(capsys, teacher, output, *args):
     return run(capsys, "distill", "--teacher", teacher, "--output-dir", output, "--no-progress", *TINY, *args)
 
 
+def flat(text: str) -> str:
+    """Rich wraps long lines (at spaces) to the console width: compare with whitespace collapsed."""
+    return " ".join(text.split())
+
+
 def error_line(err: str) -> str:
     """The one line an error printed (nothing else on stderr)."""
     lines = [line for line in err.splitlines() if line.strip()]
@@ -138,8 +143,8 @@ def test_every_objective_runs_and_exports(objective, teacher, home, tmp_path, ca
     output = tmp_path / "run"
     code, out, err = distill(capsys, teacher, output, "--objective", objective, *extra)
     assert code == 0, err
-    assert f"minillm distill {objective}" in err
-    assert "2 steps" in err
+    assert f"minillm distill {objective}" in flat(err)
+    assert "2 steps" in flat(err)
 
     # The student was cut from the teacher into MINILLM_HOME, not next to the teacher or in the run.
     students = list((home / "models" / "students").iterdir())
@@ -177,8 +182,38 @@ def test_every_objective_runs_and_exports(objective, teacher, home, tmp_path, ca
     if objective == "seqkd":
         caches = list((home / "seqkd").glob("seqkd-*.jsonl"))
         assert caches
-        cached = [json.loads(line) for line in caches[0].read_text().splitlines()]
-        assert cached and all(isinstance(r["response"], str) for r in cached)
+        cached = [json.loads(line) for line in caches[0].read_text(encoding="utf-8").split("\n") if line]
+        assert len(cached) == 36 and all(isinstance(r["response"], str) for r in cached)   # 40 - 10% valid
+
+
+def test_seqkd_reuses_its_cache(teacher, tmp_path, capsys, monkeypatch):
+    """A second run with the same settings reads the teacher's responses from the cache, even when a response
+    holds characters that str.splitlines() would split at (a random teacher's byte soup has U+0085)."""
+    from minillm_cli.builtin.objectives import seqkd
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    calls = []
+    original = seqkd._generate
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seqkd, "_generate", spy)
+    code, _, err = distill(capsys, teacher, tmp_path / "first", "--objective", "seqkd", "train.steps=1")
+    assert code == 0, err
+    assert calls == [1]
+    (cache,) = (tmp_path / "home" / "seqkd").glob("seqkd-*.jsonl")
+    text = cache.read_text(encoding="utf-8")
+    code, _, err = distill(capsys, teacher, tmp_path / "second", "--objective", "seqkd", "train.steps=1")
+    assert code == 0, err
+    assert calls == [1], "the second run generated again instead of reading the cache"
+    assert cache.read_text(encoding="utf-8") == text
+    # A different sampling setting is a different cache.
+    code, _, err = distill(capsys, teacher, tmp_path / "third", "--objective", "seqkd", "train.steps=1",
+                           "generation.max_new_tokens=5")
+    assert code == 0, err
+    assert calls == [1, 1] and len(list((tmp_path / "home" / "seqkd").glob("seqkd-*.jsonl"))) == 2
 
 
 def test_distillm_on_policy_samples_the_student(teacher, home, tmp_path, capsys, sample_spy):
@@ -197,8 +232,10 @@ def test_distillm_on_policy_samples_the_student(teacher, home, tmp_path, capsys,
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_print_config_reads_back_equal(objective, teacher, tmp_path, capsys):
     extra, _ = OBJECTIVES[objective]
+    # --steps (an option) and no train.steps override: overrides win over options.
+    tiny = [o for o in TINY if not o.startswith("train.steps=")]
     args = ["--teacher", str(teacher), "--objective", objective, "--output-dir", str(tmp_path / "run"),
-            "--steps", "7", "--trim-vocab", *TINY, "train.lr=1e-4", "train.betas=[0.8, 0.9]", *extra]
+            "--steps", "7", "--trim-vocab", *tiny, "train.lr=1e-4", "train.betas=[0.8, 0.9]", *extra]
     code, out, err = run(capsys, "distill", *args, "--print-config")
     assert code == 0, err
     assert not (tmp_path / "run").exists()                         # printing the config runs nothing
@@ -209,7 +246,7 @@ def test_print_config_reads_back_equal(objective, teacher, tmp_path, capsys):
     assert config.teacher == str(teacher) and config.train.steps == 7 and config.trim_vocab is True
     assert config.train.lr == 1e-4 and config.train.betas == [0.8, 0.9] and config.student_layers == 2
     expected = load_config(
-        None, overrides=[*TINY, "train.lr=1e-4", "train.betas=[0.8, 0.9]", *extra],
+        None, overrides=[*tiny, "train.lr=1e-4", "train.betas=[0.8, 0.9]", *extra],
         options={"teacher": str(teacher), "objective.name": objective, "output_dir": str(tmp_path / "run"),
                  "train.steps": 7, "trim_vocab": True},
     )
@@ -269,7 +306,7 @@ def test_resume_continues_a_stopped_run(teacher, home, tmp_path, capsys):
     # Continue with the run's own config (from its checkpoint) and more steps.
     code, _, err = run(capsys, "distill", "--resume", output, "train.steps=4", "--no-progress")
     assert code == 0, err
-    assert "resumed from" in err and "at step 2" in err
+    assert "resumed from" in flat(err) and "at step 2" in flat(err)
     records = read_metrics(output)
     assert [r["step"] for r in train_records(records)] == [1, 2, 3, 4]
     assert all("fkl" in r and "ce" in r for r in train_records(records))
@@ -279,6 +316,61 @@ def test_resume_continues_a_stopped_run(teacher, home, tmp_path, capsys):
     meta = output / "final" / "minillm.json"
     if meta.is_file():
         assert json.loads(meta.read_text())["step"] == 4
+
+
+@pytest.mark.parametrize("objective", ["gkd", "distillm"])
+def test_interrupted_run_resumes_exactly(objective, teacher, home, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after step 1 exits 130 with a checkpoint; --resume then gives the uninterrupted run's losses
+    (on-policy sampling included: the RNG states and the objective's state are in the checkpoint)."""
+    from minillm_cli import engine
+
+    extra = ["objective.lmbda=1"] if objective == "gkd" else ["objective.init_threshold=1", "objective.replay_capacity=2"]
+    args = ["--objective", objective, "train.steps=4", "checkpoint.every=0", *extra]
+    straight = tmp_path / "straight"
+    code, _, err = distill(capsys, teacher, straight, *args)
+    assert code == 0, err
+
+    original = engine._StopFlag.__enter__
+
+    def ctrl_c_at_once(self):
+        original(self)
+        self.requested = True                                       # as if Ctrl-C came during step 1
+        return self
+
+    monkeypatch.setattr(engine._StopFlag, "__enter__", ctrl_c_at_once)
+    stopped = tmp_path / "stopped"
+    code, _, err = distill(capsys, teacher, stopped, *args)
+    assert code == 130
+    assert "interrupted at step 1" in flat(err) and "--resume" in err
+    assert not (stopped / "final").exists()
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step-000001"]
+
+    monkeypatch.setattr(engine._StopFlag, "__enter__", original)
+    code, _, err = run(capsys, "distill", "--resume", stopped, "--no-progress")
+    assert code == 0, err
+    assert "at step 1" in flat(err)
+    resumed, expected = train_records(read_metrics(stopped)), train_records(read_metrics(straight))
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for got, want in zip(resumed, expected):
+        for key in ("loss", "tokens", "lr", *OBJECTIVES[objective][1]):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (got["step"], key)
+    assert_loadable(stopped / "final")
+
+
+def test_output_dir_of_an_earlier_run_needs_resume_or_overwrite(teacher, home, tmp_path, capsys):
+    output = tmp_path / "run"
+    code, _, err = distill(capsys, teacher, output, "--objective", "sft", "train.steps=1")
+    assert code == 0, err
+    first = read_metrics(output)
+    code, _, err = distill(capsys, teacher, output, "--objective", "sft", "train.steps=1")
+    assert code == 2
+    line = error_line(err)
+    assert "--resume" in line and "--overwrite" in line
+    assert read_metrics(output) == first                           # the earlier run is untouched
+    code, _, err = distill(capsys, teacher, output, "--objective", "sft", "train.steps=1", "--overwrite")
+    assert code == 0, err
+    assert [r["step"] for r in train_records(read_metrics(output))] == [1]   # not appended to the old metrics
+    assert_loadable(output / "final")
 
 
 def test_resume_without_checkpoint_exits_2(tmp_path, capsys):
@@ -319,6 +411,6 @@ def test_padded_vocab_needs_trim_vocab(teacher, tiny_models, home, tmp_path, cap
 
     code, _, err = distill(capsys, teacher, output, "--student", student, "--objective", "kd", "--trim-vocab")
     assert code == 0, err
-    assert "384 shared vocabulary entries" in err
+    assert "384 shared vocabulary entries" in flat(err)
     assert [r["step"] for r in train_records(read_metrics(output))] == [1, 2]
     assert_loadable(output / "final", layers=2, vocab_size=400)   # the student keeps its own rows
