@@ -35,13 +35,22 @@ def test_registered_test_plugin_appears_and_leaves(register_plugin):
     def register_objectives(register):
         register(ToyObjective)
 
+    class ToySuite:
+        name = "toysuite"
+
+    @hookimpl
+    def register_evaluators(register):
+        register(ToySuite)
+
     plugin.register_model_families = register_model_families
     plugin.register_objectives = register_objectives
+    plugin.register_evaluators = register_evaluators
     register_plugin(plugin, "toy-plugin")
     assert plugins.get_family("toyfam").aliases == {"toy-1m": "org/toy-1m"}
     assert plugins.get_objective("toy") is ToyObjective
+    assert plugins.get_evaluator("toysuite") is ToySuite
     row = next(r for r in plugins.describe_plugins() if r["name"] == "toy-plugin")
-    assert row["hooks"] == ["register_model_families", "register_objectives"]
+    assert row["hooks"] == ["register_evaluators", "register_model_families", "register_objectives"]
 
 
 def test_plugins_unregistered_after_fixture():
@@ -164,3 +173,17 @@ def test_help_does_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "generate" in result.stdout and "convert" in result.stdout and "plugins" in result.stdout
+
+
+def test_every_hook_is_documented_and_tested():
+    """A hook without a docstring, a README entry or a test here is a hook nobody can rely on."""
+    from minillm_cli import hookspecs
+
+    readme = (REPO / "README.md").read_text()
+    this_file = Path(__file__).read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    assert hooks == ["register_commands", "register_evaluators", "register_model_families", "register_objectives"]
+    for name in hooks:
+        assert getattr(hookspecs, name).__doc__.strip(), f"hook {name} has no docstring"
+        assert f"`{name}(" in readme, f"hook {name} is not documented in README.md"
+        assert this_file.count(name) >= 2, f"hook {name} is not exercised by a test"
