@@ -36,6 +36,7 @@ class Batch:
             position_ids=self.position_ids.to(device),
             labels=self.labels.to(device),
             loss_mask=self.loss_mask.to(device),
+            extras={k: v.to(device) if hasattr(v, "to") else v for k, v in self.extras.items()},
         )
 
     def model_inputs(self) -> dict:

@@ -179,6 +179,18 @@ class Engine:
             raise RuntimeError(f"objective '{self.objective.name}' samples the teacher but does not declare it")
         return self._sample(self.teacher, batch, "teacher")
 
+    def sample_mixed(self, batch: Batch, alpha: float) -> Batch:
+        """Teacher-mixed rollouts (REFERENCE §1) for the batch's prompts, with per-token log-probs in extras."""
+        from .rollout import sample_rollouts
+
+        if self.teacher is None:
+            raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
+        rollouts = sample_rollouts(
+            self._unwrapped(), self.teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
+            batch_size=len(batch.prompts), vocab_width=self.vocab_width,
+        )
+        return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)
+
     def lm_batch(self) -> Batch:
         """The next ``batch_size`` packed plain-text chunks, as a batch whose every token counts."""
         import torch
@@ -197,7 +209,8 @@ class Engine:
             step=self.state.step, num_tokens=num_tokens, student=self.student, teacher=self.teacher,
             vocab_width=self.vocab_width, chunk_tokens=self.config.train.chunk_tokens,
             student_forward=self.student_forward, teacher_forward=self.teacher_forward,
-            sample_student=self.sample_student, sample_teacher=self.sample_teacher, lm_batch=self.lm_batch,
+            sample_student=self.sample_student, sample_teacher=self.sample_teacher, sample_mixed=self.sample_mixed,
+            lm_batch=self.lm_batch,
             rng=self.rng, training_progress=self.state.step / self.total_steps,
         )
 

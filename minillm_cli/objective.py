@@ -8,7 +8,8 @@ batches require; the engine loads and provides exactly that:
 - ``student_samples``: ``ctx.sample_student(batch)`` replaces a batch's responses by student samples
   (no gradient through sampling);
 - ``teacher_samples``: ``ctx.sample_teacher(batch)`` likewise from the teacher;
-- ``mixed_samples``: teacher-mixed rollouts (the MiniLLM objective);
+- ``mixed_samples``: ``ctx.sample_mixed(batch, alpha)`` gives teacher-mixed rollouts with per-token log-probs
+  (the MiniLLM objective; see ``rollout``);
 - ``lm_chunks``: packed plain-text chunks for a language-modelling loss, as ``ctx.lm_batch()``.
 
 Per optimizer step the engine calls ``prepare_batch`` on every micro-batch first, counts the loss tokens of all
@@ -54,6 +55,7 @@ class StepContext:
     lm_batch: Callable
     rng: Any                    # random.Random owned by the engine, saved in checkpoints
     training_progress: float    # step / total steps, in [0, 1]
+    sample_mixed: Callable = None
 
 
 class Objective:
