@@ -8,10 +8,11 @@ def register_objectives(register):
     from .distillm import DistiLLM
     from .gkd import GKD
     from .kd import KD
+    from .minillm import MiniLLM
     from .rkl import RKL
     from .seqkd import SeqKD
     from .sft import SFT
     from .tvd import TVD
 
-    for objective in (SFT, KD, SeqKD, RKL, TVD, GKD, DistiLLM):
+    for objective in (SFT, KD, SeqKD, RKL, TVD, GKD, DistiLLM, MiniLLM):
         register(objective)

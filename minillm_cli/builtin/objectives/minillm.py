@@ -1,0 +1,237 @@
+"""MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher, minimised by policy gradient (REFERENCE.md §1-2).
+
+Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``; its ``extras`` hold the log-probs
+recorded at sampling time, aligned with ``labels``):
+
+- rewards r_t = (log p(y_t) − log q_θold(y_t)) / reward_scale, clipped to ±reward_clip (detached: both are
+  recorded at sampling, the teacher is frozen);
+- advantages, per sequence over its own valid response tokens only (position counted from the response's start;
+  padding never enters returns, advantages or whitening statistics):
+  ``paper``: A_t = R^Norm_{t+1} = mean of r_{t'} over t' > t (0 at the last token), w_t multiplies both terms;
+  ``reference`` (LMOps code): A_t = Σ_{k≥0} γ^k r_{t+k} / (valid tokens remaining from t), whitened over the
+  batch's valid tokens, w_t inside the PPO ratio, single-step term unweighted;
+- long-term term: PPO-clipped policy gradient max(−A ρ, −A clip(ρ, 1−ε, 1+ε)), ρ = exp(log q_θ − log q_θold)
+  (× w_t in the reference variant);
+- single-step term: Σ_t KL(q_θ(·|y_<t) ‖ p(·|y_<t)) exactly over the vocabulary (× w_t in the paper variant).
+
+Every per-token sum is divided by ``ctx.num_tokens`` exactly once. A rollout batch is reused for ``ppo_epochs``
+consecutive micro-batches (the old log-probs stay those recorded at sampling, so the PPO ratio is right).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...objective import LossOutput, Objective, StepContext, option
+from ._common import in_unit_interval, non_negative
+
+VARIANTS = ("paper", "reference")
+
+
+@dataclass
+class MiniLLMOptions:
+    alpha: float = option(0.2, "Teacher-mix α of the rollout distribution α·p + (1−α)·q; 0 = the 'without "
+                               "teacher-mixed sampling' ablation (importance weights all 1).")
+    clip_eps: float = option(0.2, "PPO clipping ε of the ratio.")
+    ppo_epochs: int = option(4, "Each rollout batch is reused for this many consecutive micro-batches.")
+    single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
+                                     "returns then include step t, as in the undecomposed gradient).")
+    length_norm: bool = option(True, "Length-normalise the returns (False: the ablation, plain sums).")
+    reward_scale: float = option(0.5, "Rewards are divided by this (the reference scripts' 1/0.5 scaling).")
+    reward_clip: float = option(100.0, "Rewards are clipped to ±this after scaling.")
+    variant: str = option("paper", "paper (R^Norm_{t+1}, w_t on both terms) or reference (LMOps code: "
+                                   "discounted, divided by remaining tokens, whitened, w_t in the ratio).")
+    gamma: float = option(0.95, "Discount of the reference variant (unused by the paper variant).")
+    lm_weight: float = option(0.0, "Weight of the language-modelling loss L_PT; not wired yet, must be 0.")
+
+    def validate(self) -> list[str]:
+        problems = in_unit_interval("alpha", self.alpha) + in_unit_interval("gamma", self.gamma)
+        if not self.clip_eps > 0:
+            problems.append(f"clip_eps must be > 0, got {self.clip_eps}")
+        if not (isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1):
+            problems.append(f"ppo_epochs must be an integer >= 1, got {self.ppo_epochs}")
+        if not self.reward_scale > 0:
+            problems.append(f"reward_scale must be > 0, got {self.reward_scale}")
+        if not self.reward_clip > 0:
+            problems.append(f"reward_clip must be > 0, got {self.reward_clip}")
+        if self.variant not in VARIANTS:
+            problems.append(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        problems += non_negative("lm_weight", self.lm_weight)
+        if self.lm_weight:
+            problems.append("lm_weight must be 0: the language-modelling loss L_PT is not wired yet")
+        return problems
+
+
+# --- returns and advantages (module-level so that tests can check them against a plain reference) -------------
+
+
+def scaled_rewards(teacher_logprobs, old_logprobs, mask, scale: float = 0.5, clip: float = 100.0):
+    """r_t = clip((log p − log q_old) / scale, ±clip) on valid tokens, 0 elsewhere (float32, detached)."""
+    import torch
+
+    mask = mask.bool()
+    rewards = ((teacher_logprobs.float() - old_logprobs.float()) / scale).clamp(-clip, clip)
+    return torch.where(mask, rewards, torch.zeros_like(rewards)).detach()
+
+
+def _reverse_cumsum(x):
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def length_normalised_returns(rewards, mask, *, include_current: bool = False, normalise: bool = True):
+    """The paper's R^Norm_{t+1}: per row, the mean of r_{t'} over the row's valid tokens t' > t (t' ≥ t with
+    ``include_current``); 0 where there is none and on invalid positions. ``normalise=False`` gives the plain
+    sum (the 'without length normalisation' ablation). Padding (mask 0) is skipped wherever it lies."""
+    import torch
+
+    mask = mask.bool()
+    values = torch.where(mask, rewards, torch.zeros_like(rewards))
+    weight = mask.to(values.dtype)
+    total = _reverse_cumsum(values)                # Σ over valid t' ≥ t
+    count = _reverse_cumsum(weight)
+    if not include_current:
+        total, count = total - values, count - weight
+    returns = total / count.clamp(min=1) if normalise else total
+    return torch.where(mask & (count > 0), returns, torch.zeros_like(returns))
+
+
+def discounted_returns(rewards, mask, gamma: float, *, normalise: bool = True):
+    """The reference code's returns: Σ_{k≥0} γ^k r over the row's valid tokens from t on (k counts valid tokens
+    only, so discounting runs from the response's own positions), divided by the number of valid tokens
+    remaining from t (``normalise``); 0 on invalid positions."""
+    import torch
+
+    mask = mask.bool()
+    values = torch.where(mask, rewards, torch.zeros_like(rewards))
+    running = torch.zeros_like(values[:, 0])
+    out = torch.zeros_like(values)
+    for t in range(values.shape[1] - 1, -1, -1):
+        running = torch.where(mask[:, t], values[:, t] + gamma * running, running)
+        out[:, t] = running
+    if normalise:
+        out = out / _reverse_cumsum(mask.to(values.dtype)).clamp(min=1)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def whiten(values, mask, eps: float = 1e-8):
+    """(x − mean) / sqrt(var + eps) with mean and (biased) variance over the valid tokens only; 0 elsewhere."""
+    import torch
+
+    mask = mask.bool()
+    count = mask.sum().clamp(min=1)
+    mean = values[mask].sum() / count
+    var = ((values - mean) ** 2)[mask].sum() / count
+    out = (values - mean) * torch.rsqrt(var + eps)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def discounted_whitened_advantages(rewards, mask, gamma: float, *, normalise: bool = True):
+    """The reference variant's advantages: ``discounted_returns`` whitened over the batch's valid tokens."""
+    return whiten(discounted_returns(rewards, mask, gamma, normalise=normalise), mask)
+
+
+def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
+    """On the masked rows: log q_θ(label) and KL(q_θ ‖ p) per token ([N] each, float32, graph to the student),
+    from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing."""
+    import torch
+
+    from ...divergences import token_divergence
+    from ...losses import _chunks, _maybe_checkpoint
+
+    mask = mask.bool()
+    student_rows = student.hidden[mask]
+    teacher_rows = teacher.hidden[mask]
+    targets = labels[mask]
+
+    def chunk(student_chunk, teacher_chunk, chunk_targets):
+        student_logits = student.head(student_chunk).float()
+        with torch.no_grad():
+            teacher_logits = teacher.head(teacher_chunk).float()
+        logprob = student_logits.log_softmax(-1).gather(-1, chunk_targets[:, None]).squeeze(-1)
+        rkl = token_divergence("rkl", student_logits[None], teacher_logits[None])[0]
+        return logprob, rkl
+
+    logprobs, rkls = [], []
+    for start, end in _chunks(student_rows.shape[0], chunk_tokens):
+        lp, kl = _maybe_checkpoint(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
+        logprobs.append(lp)
+        rkls.append(kl)
+    if not logprobs:
+        empty = student_rows.new_zeros((0,), dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logprobs), torch.cat(rkls)
+
+
+class MiniLLM(Objective):
+    name = "minillm"
+    help = (
+        "MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher by policy gradient on teacher-mixed rollouts: "
+        "PPO-clipped long-term term on length-normalised returns plus the exact single-step reverse KL "
+        "(REFERENCE.md §1); variant=reference follows the LMOps code."
+    )
+    Options = MiniLLMOptions
+    needs = frozenset({"gold", "teacher", "mixed_samples"})
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._rollout = None
+        self._uses = 0
+
+    def prepare_batch(self, batch, ctx: StepContext):
+        """A fresh rollout for the incoming prompts once the stored one has served ``ppo_epochs`` micro-batches;
+        otherwise the stored rollout again (the incoming gold batch is then not used)."""
+        if self._rollout is None or self._uses >= self.options.ppo_epochs:
+            self._rollout = ctx.sample_mixed(batch, self.options.alpha)
+            self._uses = 0
+        self._uses += 1
+        return self._rollout
+
+    def advantages(self, batch):
+        """Rewards and advantages [B, L] (detached, 0 off the loss mask) of a rollout batch."""
+        o = self.options
+        mask = batch.loss_mask.bool()
+        rewards = scaled_rewards(batch.extras["teacher_logprobs"], batch.extras["old_logprobs"], mask,
+                                 o.reward_scale, o.reward_clip)
+        if o.variant == "paper":
+            adv = length_normalised_returns(rewards, mask, include_current=not o.single_step, normalise=o.length_norm)
+        else:
+            adv = discounted_whitened_advantages(rewards, mask, o.gamma, normalise=o.length_norm)
+        return rewards, adv
+
+    def loss(self, batch, ctx: StepContext) -> LossOutput:
+        import torch
+
+        o = self.options
+        mask = batch.loss_mask.bool()
+        student = ctx.student_forward(batch)
+        teacher = ctx.teacher_forward(batch)
+        logprobs, rkl = token_logprobs_and_rkl(student, teacher, batch.labels, mask, ctx.chunk_tokens)
+
+        rewards, adv = self.advantages(batch)
+        rewards, adv = rewards[mask], adv[mask]
+        old = batch.extras["old_logprobs"].float()[mask]
+        weights = batch.extras["importance_weights"].float()[mask]
+        denominator = float(ctx.num_tokens)
+
+        ratio = torch.exp(logprobs - old)
+        if o.variant == "reference":
+            ratio = ratio * weights
+        clipped = ratio.clamp(1 - o.clip_eps, 1 + o.clip_eps)
+        pg_tokens = torch.maximum(-adv * ratio, -adv * clipped)
+        if o.variant == "paper":
+            pg_tokens = pg_tokens * weights
+        pg = pg_tokens.sum() / denominator
+        loss = pg
+        metrics = {"pg": float(pg.detach())}
+        if o.single_step:
+            single_tokens = rkl * weights if o.variant == "paper" else rkl
+            single = single_tokens.sum() / denominator
+            loss = loss + single
+            metrics["single"] = float(single.detach())
+        with torch.no_grad():
+            metrics["reward"] = float(rewards.sum() / denominator)
+            metrics["ratio"] = float(ratio.sum() / denominator)
+            metrics["clip_frac"] = float((clipped != ratio).float().sum() / denominator)
+        # Keeps a graph (for backward) even on a micro-batch without loss tokens.
+        loss = loss + student.hidden.float().sum() * 0.0
+        return LossOutput(loss, metrics)

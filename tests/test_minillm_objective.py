@@ -1,0 +1,339 @@
+"""The MiniLLM objective (REFERENCE.md §1-2): returns/advantages against a plain float64 reference, the
+single-step term against brute force, PPO ratio at θ = θ_old, rollout reuse, ablations, a tiny training loop
+and a CLI run."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillm_cli.batches import make_batch
+from minillm_cli.builtin.objectives.minillm import (
+    MiniLLM,
+    MiniLLMOptions,
+    discounted_whitened_advantages,
+    length_normalised_returns,
+    token_logprobs_and_rkl,
+)
+from minillm_cli.forward import forward_hidden
+from minillm_cli.generation import SamplingConfig
+from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+from minillm_cli.objective import StepContext
+from minillm_cli.rollout import sample_rollouts
+
+TRAIN = [
+    ("The capital of France is", " Paris."),
+    ("List three colours:", " red, green, blue."),
+    ("Two plus two is", " four."),
+    ("Is this review positive?", " The film was wonderful."),
+]
+HELD_OUT = [
+    ("The capital of Italy is", " Rome."),
+    ("Water boils at", " one hundred degrees."),
+    ("Cats and dogs are", " animals."),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- plain-Python float64 references of the returns / advantages -------------------------------------------------
+
+
+def py_paper(rewards, include_current=False, normalise=True):
+    out = []
+    for t in range(len(rewards)):
+        future = rewards[t:] if include_current else rewards[t + 1:]
+        if not future:
+            out.append(0.0)
+        else:
+            out.append(sum(future) / len(future) if normalise else sum(future))
+    return out
+
+
+def py_reference(rows, gamma):
+    raw = []
+    for rewards in rows:
+        n = len(rewards)
+        values = []
+        for t in range(n):
+            ret = sum(gamma ** k * rewards[t + k] for k in range(n - t))
+            values.append(ret / (n - t))
+        raw.append(values)
+    flat = [v for row in raw for v in row]
+    mean = sum(flat) / len(flat)
+    var = sum((v - mean) ** 2 for v in flat) / len(flat)
+    return [[(v - mean) / math.sqrt(var + 1e-8) for v in row] for row in raw]
+
+
+ROWS = [[0.5, -1.0, 2.0, 0.25, -0.75], [1.5, -2.0], [0.3], [-0.4, 0.9, 1.1, -3.0]]
+
+
+def padded(rows, offsets=None, length=None, extra_rows=0):
+    """[B, L] float64 rewards and mask; row b's rewards start at column offsets[b] (its 'prompt length')."""
+    offsets = offsets or [0] * len(rows)
+    length = length or max(o + len(r) for o, r in zip(offsets, rows))
+    size = len(rows) + extra_rows
+    values = torch.full((size, length), 7.0, dtype=torch.float64)   # garbage in padding must not matter
+    mask = torch.zeros((size, length), dtype=torch.bool)
+    for b, (o, r) in enumerate(zip(offsets, rows)):
+        values[b, o:o + len(r)] = torch.tensor(r, dtype=torch.float64)
+        mask[b, o:o + len(r)] = True
+    return values, mask
+
+
+def valid(tensor, mask, rows):
+    return [tensor[b][mask[b]].tolist() for b in range(len(rows))]
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+@pytest.mark.parametrize("normalise", [True, False])
+def test_paper_returns_match_reference(include_current, normalise):
+    values, mask = padded(ROWS)
+    got = valid(length_normalised_returns(values, mask, include_current=include_current, normalise=normalise), mask, ROWS)
+    for row, expected in zip(got, [py_paper(r, include_current, normalise) for r in ROWS]):
+        assert row == pytest.approx(expected, abs=1e-12)
+
+
+def test_reference_advantages_match_reference():
+    values, mask = padded(ROWS)
+    got = valid(discounted_whitened_advantages(values, mask, 0.95), mask, ROWS)
+    for row, expected in zip(got, py_reference(ROWS, 0.95)):
+        assert row == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize("layout", [
+    dict(offsets=[3, 0, 7, 1]),                                   # different prompt lengths
+    dict(offsets=[0, 0, 0, 0], length=12, extra_rows=2),          # extra padded columns and all-padding rows
+    dict(offsets=[4, 7, 8, 5], length=9),                         # left padding (responses end at the right)
+])
+def test_padding_and_position_invariance(layout):
+    base_values, base_mask = padded(ROWS)
+    values, mask = padded(ROWS, **layout)
+    for fn in (lambda v, m: length_normalised_returns(v, m),
+               lambda v, m: discounted_whitened_advantages(v, m, 0.95)):
+        expected = valid(fn(base_values, base_mask), base_mask, ROWS)
+        out = fn(values, mask)
+        assert valid(out, mask, ROWS) == [pytest.approx(e, abs=1e-12) for e in expected]
+        assert bool((out[~mask] == 0).all())
+
+
+# --- tiny models --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refs(tiny_models):
+    return resolve_model(str(tiny_models("llama", seed=1))), resolve_model(str(tiny_models("llama", layers=3, seed=2)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(refs):
+    return load_tokenizer(refs[0])
+
+
+@pytest.fixture(scope="module")
+def teacher(refs):
+    return load_model(refs[1])
+
+
+@pytest.fixture
+def student(refs):
+    torch.manual_seed(0)
+    return load_model(refs[0], trainable=True)
+
+
+def gold(tokenizer, pairs):
+    eos = tokenizer.eos_token_id
+    return make_batch([tokenizer.encode(p) for p, _ in pairs], [tokenizer.encode(r) + [eos] for _, r in pairs],
+                      tokenizer.pad_token_id)
+
+
+def make_ctx(student, teacher, tokenizer, *, calls=None, seed=0, max_new_tokens=6, chunk_tokens=None):
+    width = logit_width(student)
+    calls = calls if calls is not None else []
+    seeds = iter(range(seed, seed + 10_000))
+
+    def sample_mixed(b, alpha):
+        calls.append((len(b.prompts), alpha, [list(p) for p in b.prompts]))
+        rollouts = sample_rollouts(student, teacher, tokenizer, b.prompts, SamplingConfig(max_new_tokens=max_new_tokens),
+                                   alpha=alpha, seed=next(seeds), batch_size=len(b.prompts), vocab_width=width)
+        return rollouts.to_batch(tokenizer.pad_token_id)
+
+    def teacher_forward(b):
+        with torch.inference_mode():
+            return forward_hidden(teacher, b, width)
+
+    def unused(*args):
+        raise AssertionError("minillm must only use sample_mixed")
+
+    return StepContext(
+        step=0, num_tokens=1.0, student=student, teacher=teacher, vocab_width=width, chunk_tokens=chunk_tokens,
+        student_forward=lambda b: forward_hidden(student, b, width), teacher_forward=teacher_forward,
+        sample_student=unused, sample_teacher=unused, lm_batch=unused, rng=random.Random(0), training_progress=0.0,
+        sample_mixed=sample_mixed,
+    )
+
+
+def full_logprobs(model, batch):
+    with torch.no_grad():
+        logits = model(**batch.model_inputs()).logits.double()
+    return F.log_softmax(logits[batch.loss_mask], dim=-1)
+
+
+def brute_rkl(student, teacher, batch):
+    log_q, log_p = full_logprobs(student, batch), full_logprobs(teacher, batch)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)                 # [N]
+
+
+def rollout(objective, ctx, tokenizer):
+    batch = objective.prepare_batch(gold(tokenizer, TRAIN), ctx)
+    ctx.num_tokens = float(batch.num_tokens)
+    return batch
+
+
+def test_registered_and_options():
+    from minillm_cli.plugins import get_objective
+
+    cls = get_objective("minillm")
+    assert cls is MiniLLM and cls.needs == {"gold", "teacher", "mixed_samples"}
+    assert MiniLLMOptions().validate() == []
+    problems = MiniLLMOptions(alpha=2, clip_eps=0, ppo_epochs=0, variant="x", lm_weight=1.0).validate()
+    assert len(problems) == 5
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_single_step_term_is_brute_force_reverse_kl(student, teacher, tokenizer, variant):
+    objective = MiniLLM(MiniLLMOptions(variant=variant))
+    ctx = make_ctx(student, teacher, tokenizer, chunk_tokens=5)
+    batch = rollout(objective, ctx, tokenizer)
+    out = objective.loss(batch, ctx)
+    per_token = brute_rkl(student, teacher, batch)
+    weights = batch.extras["importance_weights"][batch.loss_mask].double()
+    expected = (per_token * weights).mean() if variant == "paper" else per_token.mean()
+    assert out.metrics["single"] == pytest.approx(float(expected), rel=1e-4)
+    assert out.loss.item() == pytest.approx(out.metrics["pg"] + out.metrics["single"], rel=1e-5, abs=1e-6)
+    # The exact term's gradient matches the full-logit reverse KL's (reference variant: unweighted).
+    if variant == "reference":
+        from minillm_cli.losses import distill_loss
+
+        width = logit_width(student)
+        value = distill_loss("rkl", forward_hidden(student, batch, width), ctx.teacher_forward(batch),
+                             batch.loss_mask, num_tokens=ctx.num_tokens)
+        assert out.metrics["single"] == pytest.approx(float(value.detach()), rel=1e-5)
+
+
+def with_exact_old(batch, student, teacher, tokenizer, ctx):
+    """Replace the recorded old log-probs by the full forward's (KV-cache decoding differs by float noise)."""
+    with torch.no_grad():
+        lp, _ = token_logprobs_and_rkl(ctx.student_forward(batch), ctx.teacher_forward(batch), batch.labels,
+                                       batch.loss_mask)
+    old = batch.extras["old_logprobs"].clone()
+    assert old[batch.loss_mask].double().numpy() == pytest.approx(lp.double().numpy(), abs=1e-4)
+    old[batch.loss_mask] = lp
+    batch.extras["old_logprobs"] = old
+    return batch
+
+
+@pytest.mark.parametrize("variant, alpha", [("paper", 0.2), ("reference", 0.2), ("reference", 0.0)])
+def test_first_epoch_ratio(student, teacher, tokenizer, variant, alpha):
+    objective = MiniLLM(MiniLLMOptions(variant=variant, alpha=alpha))
+    ctx = make_ctx(student, teacher, tokenizer)
+    batch = with_exact_old(rollout(objective, ctx, tokenizer), student, teacher, tokenizer, ctx)
+    out = objective.loss(batch, ctx)
+    w = batch.extras["importance_weights"][batch.loss_mask].double()
+    if variant == "paper":
+        assert out.metrics["ratio"] == pytest.approx(1.0, abs=1e-6)
+        assert out.metrics["clip_frac"] == 0.0
+    else:
+        assert out.metrics["ratio"] == pytest.approx(float(w.mean()), abs=1e-6)
+        outside = float(((w < 0.8) | (w > 1.2)).double().mean())
+        assert out.metrics["clip_frac"] == pytest.approx(outside, abs=1e-6)     # clipping acts only through w_t
+        if alpha == 0:
+            assert out.metrics["clip_frac"] == 0.0
+
+
+def test_rollouts_are_reused_for_ppo_epochs(student, teacher, tokenizer):
+    calls = []
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=3))
+    ctx = make_ctx(student, teacher, tokenizer, calls=calls, max_new_tokens=3)
+    batches = [gold(tokenizer, TRAIN[i % 4:i % 4 + 1] + HELD_OUT[:1]) for i in range(7)]
+    out = [objective.prepare_batch(b, ctx) for b in batches]
+    assert len(calls) == 3                                        # micro-batches 0, 3, 6
+    assert out[0] is out[1] is out[2] and out[3] is out[4] is out[5] and out[6] is not out[3]
+    assert calls[1][2] == batches[3].prompts and calls[2][2] == batches[6].prompts
+    assert all(alpha == 0.2 for _, alpha, _ in calls)
+    # The reused batch keeps the old log-probs recorded at sampling.
+    old = out[0].extras["old_logprobs"].clone()
+    objective.loss(out[0], ctx).loss.backward()
+    assert torch.equal(out[1].extras["old_logprobs"], old)
+
+
+def test_ablations(student, teacher, tokenizer):
+    calls = []
+    objective = MiniLLM(MiniLLMOptions(single_step=False, alpha=0.0))
+    ctx = make_ctx(student, teacher, tokenizer, calls=calls)
+    batch = rollout(objective, ctx, tokenizer)
+    assert calls[0][1] == 0.0
+    w = batch.extras["importance_weights"][batch.loss_mask]
+    assert torch.equal(w, torch.ones_like(w))
+    out = objective.loss(batch, ctx)
+    assert "single" not in out.metrics
+    assert out.loss.item() == pytest.approx(out.metrics["pg"], abs=1e-7)
+    full = MiniLLM(MiniLLMOptions(alpha=0.0)).loss(batch, ctx)
+    assert full.metrics["single"] > 0
+
+
+def test_training_lowers_reverse_kl_on_held_out(student, teacher, tokenizer):
+    torch.manual_seed(0)
+    held = gold(tokenizer, HELD_OUT)
+    before = float(brute_rkl(student, teacher, held).mean())
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=2))
+    ctx = make_ctx(student, teacher, tokenizer, max_new_tokens=8)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
+    for _ in range(15):
+        batch = rollout(objective, ctx, tokenizer)
+        out = objective.loss(batch, ctx)
+        assert math.isfinite(out.loss.item())
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    after = float(brute_rkl(student, teacher, held).mean())
+    assert after < 0.9 * before, (before, after)
+
+
+# --- through the CLI ----------------------------------------------------------------------------------------------
+
+
+def test_cli_distill_minillm(tiny_models, tmp_path, monkeypatch, capsys):
+    from minillm_cli.cli import main
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    teacher_dir = tiny_models("llama", layers=4)
+    output = tmp_path / "run"
+    args = ["distill", "--teacher", str(teacher_dir), "--output-dir", str(output), "--no-progress",
+            "--objective", "minillm", "student_layers=2", "train.steps=2", "train.batch_size=2",
+            "eval.rouge_examples=2", "eval.max_examples=4", "eval.max_new_tokens=4", "generation.max_new_tokens=8",
+            "data.limit=40", "data.max_prompt_tokens=512"]
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for record in steps:
+        for key in ("pg", "single", "reward", "ratio", "clip_frac"):
+            assert key in record and math.isfinite(record[key])
+        assert record["loss"] == pytest.approx(record["pg"] + record["single"], rel=1e-4, abs=1e-6)
+    assert (output / "final" / "config.json").is_file()
