@@ -7,6 +7,11 @@ Position ids come from the attention mask, so left and right padding give the sa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where tensors are made, to keep start-up fast
+    import torch
+
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 

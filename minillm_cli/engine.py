@@ -193,7 +193,6 @@ class Engine:
 
     def lm_batch(self) -> Batch:
         """The next ``batch_size`` packed plain-text chunks, as a batch whose every token counts."""
-        import torch
 
         chunks = self.data.lm_chunks
         if not chunks:

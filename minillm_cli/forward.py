@@ -6,6 +6,11 @@ chunks of tokens without ever materialising full [batch, length, vocab] logits (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where tensors are made, to keep start-up fast
+    import torch
+
 from dataclasses import dataclass
 from typing import Callable
 

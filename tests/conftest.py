@@ -11,6 +11,18 @@ BUILTIN_FAMILIES = ["gpt2", "opt", "llama", "mistral", "qwen2", "gemma", "smollm
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tests run tiny models on a 2-core machine often shared with other work: several OpenMP threads spin
+    against each other there and make tiny matrix products ~10x slower, so every test runs single-threaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """family -> directory of a tiny random-init model of that family, built once per session."""

@@ -45,15 +45,6 @@ OBJECTIVES = {
 USES_TEACHER = {"kd", "rkl", "gkd", "distillm", "tvd"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other work: OpenMP threads spinning against each other make tiny matmuls ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """MINILLM_HOME for this module: the 2-layer student is cut from the teacher once."""

@@ -20,14 +20,6 @@ MAX_NEW = 8
 ADDED = {"prompt", "generation", "seed", "num_tokens", "finished", "model"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_models):
     return tiny_models("llama")

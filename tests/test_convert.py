@@ -25,15 +25,6 @@ from minillm_cli.models import load_model, load_tokenizer, resolve_model  # noqa
 from minillm_cli.plugins import get_family  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (several threads spin against each other on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _state_dict(path):
     from safetensors.torch import load_file
 

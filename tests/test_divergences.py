@@ -40,16 +40,6 @@ CASES = [
 CASE_IDS = [name + "".join(f"-{k}{v}" for k, v in params.items()) for name, params in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: thread start-up and barriers would cost more than the work, badly so on a busy
-    machine (seconds become minutes), so this module runs single-threaded and restores the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Independent float64 references.
 

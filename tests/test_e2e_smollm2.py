@@ -16,7 +16,6 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from minillm_cli.builtin.families import smollm2_gguf_path  # noqa: E402
 from minillm_cli.cli import main  # noqa: E402
@@ -57,15 +56,6 @@ def timed():
     started = time.perf_counter()
     yield
     print(f"\ne2e SmolLM2 module: {time.perf_counter() - started:.1f} s wall")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's two cores are shared with other work; one thread keeps the timing predictable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm_cli import hookimpl
 from minillm_cli.batches import make_batch
 from minillm_cli.config import DistillConfig
 from minillm_cli.engine import Engine, EngineData, ExampleStream

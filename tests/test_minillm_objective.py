@@ -37,14 +37,6 @@ HELD_OUT = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- plain-Python float64 references of the returns / advantages -------------------------------------------------
 
 

@@ -31,16 +31,6 @@ HELD_OUT = [
 # --- fixtures ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning OpenMP threads can make
-    these tests many times slower; one thread keeps them fast and their timing steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def refs(tiny_models):
     student_ref = resolve_model(str(tiny_models("llama", seed=1)))

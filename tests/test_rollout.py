@@ -12,14 +12,6 @@ from minillm_cli.rollout import Rollouts, filter_logits, sample_rollouts
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """(student, teacher, tokenizer): two tiny llamas sharing one tokenizer."""
