@@ -118,9 +118,16 @@ class Engine:
         self.vocab_width, self.output_dir, self.config_yaml = vocab_width, Path(output_dir), config_yaml
         train = config.train
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[train.precision]
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=precision, cpu=(config.device == "cpu" or not torch.cuda.is_available())
-        )
+        if accelerator is None:
+            from accelerate.state import AcceleratorState
+
+            # accelerate keeps one global state per process; an earlier engine in the same process (a library
+            # user's, a test's) would otherwise pin its precision on this one. The process group is kept.
+            AcceleratorState._reset_state()
+            accelerator = Accelerator(
+                mixed_precision=precision, cpu=(config.device == "cpu" or not torch.cuda.is_available())
+            )
+        self.accelerator = accelerator
         self.device = self.accelerator.device
         self.console = console
         self.show_progress = progress

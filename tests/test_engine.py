@@ -190,3 +190,20 @@ def test_schedules():
     assert lr_multiplier("cosine", 110, 110, 10, 1e-3, 1e-7) == pytest.approx(1e-4)
     assert lr_multiplier("cosine", 60, 110, 10, 1.0, 0.0) == pytest.approx(0.5)
     assert lr_multiplier("linear", 60, 110, 10, 1.0, 0.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("precision,teacher_dtype", [("bf16", "fp32"), ("fp32", "bf16"), ("bf16", "bf16")])
+def test_lower_precision_student_and_teacher_train(pair, tmp_path, precision, teacher_dtype):
+    student_ref, teacher_ref, tokenizer = pair
+    engine = _engine(pair, tmp_path, KLObjective(), batch_size=4, steps=2, precision=precision, teacher_dtype=teacher_dtype)
+    if teacher_dtype == "bf16":
+        engine.teacher = load_model(teacher_ref, dtype="bf16")
+    before = _params(engine)
+    records = [engine.train_step(), engine.train_step()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert any(not torch.equal(before[k], v) for k, v in _params(engine).items())
+    # Losses are computed in float32 whatever the models' precision.
+    batch = make_batch([[5, 6, 7]], [[8, 9, 0]], pad_id=0)
+    with engine.accelerator.autocast():
+        value = distill_loss("fkl", engine.student_forward(batch), engine.teacher_forward(batch), batch.loss_mask)
+    assert value.dtype == torch.float32
