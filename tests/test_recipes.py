@@ -174,16 +174,18 @@ def test_numbers_are_read_as_numbers(tmp_path, fake_objectives):
 # --- shipped recipes ---------------------------------------------------------------------------------------------
 
 SHIPPED = [row[0] for row in list_recipes()]
-OBJECTIVE_OF = {"KD": "kd", "SFT": "sft", "RKL": "rkl", "GKD": "gkd", "DistiLLM": "distillm", "TVD": "tvd", "SeqKD": "seqkd"}
+BASELINES = {"KD": "kd", "SFT": "sft", "RKL": "rkl", "GKD": "gkd", "DistiLLM": "distillm", "TVD": "tvd", "SeqKD": "seqkd"}
+OBJECTIVE_OF = {**BASELINES, "MiniLLM": "minillm"}
+# The laptop-scale baseline recipes; the paper's recipes are checked in test_paper_recipes.py.
+BASELINE_RECIPES = sorted({f"smollm2/135M_to_6L_{suffix}" for suffix in BASELINES} | {"gpt2/xl_to_base_KD"})
 
 
 def test_the_shipped_recipes_are_there():
     assert RECIPES_DIR == REPO / "recipes"
-    expected = {f"smollm2/135M_to_6L_{suffix}" for suffix in OBJECTIVE_OF} | {"gpt2/xl_to_base_KD"}
-    assert set(SHIPPED) == expected
+    assert set(BASELINE_RECIPES) <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", BASELINE_RECIPES)
 def test_every_shipped_recipe_loads(name, fake_objectives):
     command, description = next((c, d) for n, c, d in list_recipes() if n == name)
     assert command == f"minillm distill --recipe {name}"
@@ -233,7 +235,7 @@ def test_unknown_recipe_names_list_the_shipped_ones():
     message = problems(recipe="smollm2/135M_to_6L_K")
     assert "neither a file nor a shipped recipe" in message
     assert "gpt2/xl_to_base_KD" in message and "did you mean 'smollm2/135M_to_6L_KD'?" in message
-    with pytest.raises(MinillmError, match=r"unknown recipe 'nope'; known: gpt2/xl_to_base_KD, smollm2/"):
+    with pytest.raises(MinillmError, match=r"unknown recipe 'nope'; known: .*gpt2/xl_to_base_KD, .*smollm2/"):
         recipe_path("nope")
     with pytest.raises(MinillmError, match="unknown recipe"):
         recipe_path("../pyproject.toml")
