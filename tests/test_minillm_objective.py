@@ -148,7 +148,17 @@ def gold(tokenizer, pairs):
                       tokenizer.pad_token_id)
 
 
-def make_ctx(student, teacher, tokenizer, *, calls=None, seed=0, max_new_tokens=6, chunk_tokens=None):
+LM_TEXT = ["The quick brown fox jumps over the lazy dog near the river bank.",
+           "Plain text for the language-modelling loss, packed into short chunks."]
+
+
+def lm_fixed_batch(tokenizer):
+    """A fixed LM batch in the engine's shape: first token as 'prompt', the rest counted (every token counts)."""
+    rows = [tokenizer.encode(t) for t in LM_TEXT]
+    return make_batch([[r[0]] for r in rows], [r[1:] for r in rows], tokenizer.pad_token_id, source="text")
+
+
+def make_ctx(student, teacher, tokenizer, *, calls=None, seed=0, max_new_tokens=6, chunk_tokens=None, lm_calls=None):
     width = logit_width(student)
     calls = calls if calls is not None else []
     seeds = iter(range(seed, seed + 10_000))
@@ -166,10 +176,17 @@ def make_ctx(student, teacher, tokenizer, *, calls=None, seed=0, max_new_tokens=
     def unused(*args):
         raise AssertionError("minillm must only use sample_mixed")
 
+    lm_fixed = lm_fixed_batch(tokenizer)
+
+    def lm_batch():
+        if lm_calls is not None:
+            lm_calls.append(1)
+        return lm_fixed
+
     return StepContext(
         step=0, num_tokens=1.0, student=student, teacher=teacher, vocab_width=width, chunk_tokens=chunk_tokens,
         student_forward=lambda b: forward_hidden(student, b, width), teacher_forward=teacher_forward,
-        sample_student=unused, sample_teacher=unused, lm_batch=unused, rng=random.Random(0), training_progress=0.0,
+        sample_student=unused, sample_teacher=unused, lm_batch=lm_batch, rng=random.Random(0), training_progress=0.0,
         sample_mixed=sample_mixed,
     )
 
@@ -195,10 +212,11 @@ def test_registered_and_options():
     from minillm_cli.plugins import get_objective
 
     cls = get_objective("minillm")
-    assert cls is MiniLLM and cls.needs == {"gold", "teacher", "mixed_samples"}
+    assert cls is MiniLLM and cls.needs == {"gold", "teacher", "mixed_samples", "lm_chunks"}
     assert MiniLLMOptions().validate() == []
-    problems = MiniLLMOptions(alpha=2, clip_eps=0, ppo_epochs=0, variant="x", lm_weight=1.0).validate()
-    assert len(problems) == 5
+    assert MiniLLMOptions().lm_weight == 1.0 and MiniLLMOptions().lm_kd_ratio == 0.0
+    problems = MiniLLMOptions(alpha=2, clip_eps=0, ppo_epochs=0, variant="x", lm_weight=-1.0, lm_kd_ratio=1.5).validate()
+    assert len(problems) == 6
 
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])
@@ -211,7 +229,8 @@ def test_single_step_term_is_brute_force_reverse_kl(student, teacher, tokenizer,
     weights = batch.extras["importance_weights"][batch.loss_mask].double()
     expected = (per_token * weights).mean() if variant == "paper" else per_token.mean()
     assert out.metrics["single"] == pytest.approx(float(expected), rel=1e-4)
-    assert out.loss.item() == pytest.approx(out.metrics["pg"] + out.metrics["single"], rel=1e-5, abs=1e-6)
+    assert out.loss.item() == pytest.approx(out.metrics["pg"] + out.metrics["single"] + out.metrics["lm"],
+                                            rel=1e-5, abs=1e-6)
     # The exact term's gradient matches the full-logit reverse KL's (reference variant: unweighted).
     if variant == "reference":
         from minillm_cli.losses import distill_loss
@@ -270,14 +289,14 @@ def test_rollouts_are_reused_for_ppo_epochs(student, teacher, tokenizer):
 
 def test_ablations(student, teacher, tokenizer):
     calls = []
-    objective = MiniLLM(MiniLLMOptions(single_step=False, alpha=0.0))
+    objective = MiniLLM(MiniLLMOptions(single_step=False, alpha=0.0, lm_weight=0.0))
     ctx = make_ctx(student, teacher, tokenizer, calls=calls)
     batch = rollout(objective, ctx, tokenizer)
     assert calls[0][1] == 0.0
     w = batch.extras["importance_weights"][batch.loss_mask]
     assert torch.equal(w, torch.ones_like(w))
     out = objective.loss(batch, ctx)
-    assert "single" not in out.metrics
+    assert "single" not in out.metrics and "lm" not in out.metrics
     assert out.loss.item() == pytest.approx(out.metrics["pg"], abs=1e-7)
     full = MiniLLM(MiniLLMOptions(alpha=0.0)).loss(batch, ctx)
     assert full.metrics["single"] > 0
@@ -287,7 +306,9 @@ def test_training_lowers_reverse_kl_on_held_out(student, teacher, tokenizer):
     torch.manual_seed(0)
     held = gold(tokenizer, HELD_OUT)
     before = float(brute_rkl(student, teacher, held).mean())
-    objective = MiniLLM(MiniLLMOptions(ppo_epochs=2))
+    # lm_weight=0: L_PT on the two fixed LM sentences at lr 1e-2 pulls the tiny student towards that text, away
+    # from the teacher; this test checks the reverse-KL part alone.
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=2, lm_weight=0.0))
     ctx = make_ctx(student, teacher, tokenizer, max_new_tokens=8)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
     for _ in range(15):
@@ -313,7 +334,7 @@ def test_cli_distill_minillm(tiny_models, tmp_path, monkeypatch, capsys):
     args = ["distill", "--teacher", str(teacher_dir), "--output-dir", str(output), "--no-progress",
             "--objective", "minillm", "student_layers=2", "train.steps=2", "train.batch_size=2",
             "eval.rouge_examples=2", "eval.max_examples=4", "eval.max_new_tokens=4", "generation.max_new_tokens=8",
-            "data.limit=40", "data.max_prompt_tokens=512"]
+            "data.limit=40", "data.max_prompt_tokens=512", "data.lm_chunk_tokens=64"]
     try:
         main(args)
         code = 0
@@ -327,5 +348,141 @@ def test_cli_distill_minillm(tiny_models, tmp_path, monkeypatch, capsys):
     for record in steps:
         for key in ("pg", "single", "reward", "ratio", "clip_frac"):
             assert key in record and math.isfinite(record[key])
-        assert record["loss"] == pytest.approx(record["pg"] + record["single"], rel=1e-4, abs=1e-6)
+        assert "lm" in record and math.isfinite(record["lm"]) and record["lm"] > 0
+        assert record["loss"] == pytest.approx(record["pg"] + record["single"] + record["lm"], rel=1e-4, abs=1e-6)
     assert (output / "final" / "config.json").is_file()
+
+
+# --- L_PT: the language-modelling loss on plain text ---------------------------------------------------------------
+
+
+def test_needs_lm_chunks_iff_lm_weight():
+    assert "lm_chunks" in MiniLLM().needs
+    assert "lm_chunks" in MiniLLM(MiniLLMOptions(lm_weight=0.5)).needs
+    assert MiniLLM(MiniLLMOptions(lm_weight=0.0)).needs == {"gold", "teacher", "mixed_samples"}
+    assert "lm_chunks" in MiniLLM.needs                           # the class lists every possible need
+
+
+def test_lm_term_is_lm_loss_on_the_lm_batch(student, teacher, tokenizer):
+    from minillm_cli.losses import lm_loss
+
+    lm_calls = []
+    objective = MiniLLM(MiniLLMOptions(lm_weight=0.7))
+    ctx = make_ctx(student, teacher, tokenizer, lm_calls=lm_calls)
+    batch = rollout(objective, ctx, tokenizer)
+    out = objective.loss(batch, ctx)
+    assert len(lm_calls) == 1                                     # one LM batch per micro-batch
+    lm_batch = lm_fixed_batch(tokenizer)
+    assert lm_batch.num_tokens == int(lm_batch.attention_mask.sum()) - len(LM_TEXT)   # every token but the first
+    expected = lm_loss(ctx.student_forward(lm_batch), lm_batch.labels, lm_batch.loss_mask,
+                       num_tokens=lm_batch.num_tokens).detach()
+    # ctx.num_tokens is this micro-batch's rollout token count: share 1, the LM batch's own per-token mean.
+    assert out.metrics["lm"] == pytest.approx(float(expected), rel=1e-5)
+    assert out.metrics["lm_ce"] == pytest.approx(float(expected), rel=1e-5)
+    assert "lm_fkl" not in out.metrics
+    assert out.loss.item() == pytest.approx(out.metrics["pg"] + out.metrics["single"] + 0.7 * out.metrics["lm"],
+                                            rel=1e-5, abs=1e-6)
+    # Ablation lm_weight=0: the loss without L_PT, and no LM batch fetched.
+    no_pt = MiniLLM(MiniLLMOptions(lm_weight=0.0)).loss(batch, ctx)
+    assert len(lm_calls) == 1 and "lm" not in no_pt.metrics
+    assert out.loss.item() - no_pt.loss.item() == pytest.approx(0.7 * float(expected), rel=1e-4, abs=1e-6)
+    # The gradient of L_PT reaches the student.
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_lm_term_is_token_weighted_over_micro_batches(student, teacher, tokenizer):
+    """Two micro-batches: the L_PT contributions add up to the per-LM-batch mean weighted by rollout tokens."""
+    from minillm_cli.losses import lm_loss
+
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=1))
+    ctx = make_ctx(student, teacher, tokenizer)
+    first = objective.prepare_batch(gold(tokenizer, TRAIN[:2]), ctx)
+    second = objective.prepare_batch(gold(tokenizer, TRAIN[2:]), ctx)
+    ctx.num_tokens = float(first.num_tokens + second.num_tokens)
+    total = objective.loss(first, ctx).metrics["lm"] + objective.loss(second, ctx).metrics["lm"]
+    lm_batch = lm_fixed_batch(tokenizer)
+    expected = lm_loss(ctx.student_forward(lm_batch), lm_batch.labels, lm_batch.loss_mask).detach()
+    assert total == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_lm_kd_ratio_mixes_forward_kl(student, teacher, tokenizer):
+    from minillm_cli.losses import distill_loss, lm_loss
+
+    objective = MiniLLM(MiniLLMOptions(lm_kd_ratio=0.5))
+    ctx = make_ctx(student, teacher, tokenizer)
+    batch = rollout(objective, ctx, tokenizer)
+    out = objective.loss(batch, ctx)
+    lm_batch = lm_fixed_batch(tokenizer)
+    s, t = ctx.student_forward(lm_batch), ctx.teacher_forward(lm_batch)
+    ce = float(lm_loss(s, lm_batch.labels, lm_batch.loss_mask).detach())
+    fkl = float(distill_loss("fkl", s, t, lm_batch.loss_mask).detach())
+    # brute-force FKL(p ‖ q) on the LM batch's tokens
+    log_q, log_p = full_logprobs(student, lm_batch), full_logprobs(teacher, lm_batch)
+    assert fkl == pytest.approx(float((log_p.exp() * (log_p - log_q)).sum(-1).mean()), rel=1e-4)
+    assert out.metrics["lm_ce"] == pytest.approx(ce, rel=1e-5)
+    assert out.metrics["lm_fkl"] == pytest.approx(fkl, rel=1e-5)
+    assert out.metrics["lm"] == pytest.approx(0.5 * ce + 0.5 * fkl, rel=1e-5)
+    only_kd = MiniLLM(MiniLLMOptions(lm_kd_ratio=1.0)).loss(batch, ctx)
+    assert "lm_ce" not in only_kd.metrics and only_kd.metrics["lm"] == pytest.approx(fkl, rel=1e-5)
+
+
+# --- exact resume ------------------------------------------------------------------------------------------------
+
+
+def assert_same_batch(a, b):
+    for name in ("input_ids", "attention_mask", "position_ids", "labels", "loss_mask"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert a.prompts == b.prompts and a.responses == b.responses and a.source == b.source
+    assert set(a.extras) == set(b.extras)
+    for key, value in a.extras.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b.extras[key]), key
+        else:
+            assert value == b.extras[key], key
+
+
+@pytest.mark.parametrize("uses", [1, 2])
+def test_state_dict_round_trip_resumes_the_rollout(student, teacher, tokenizer, tmp_path, uses):
+    calls = []
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=3))
+    ctx = make_ctx(student, teacher, tokenizer, calls=calls, max_new_tokens=4)
+    batches = [gold(tokenizer, TRAIN[:2]) for _ in range(5)]
+    for b in batches[:uses]:
+        stored = objective.prepare_batch(b, ctx)
+    path = tmp_path / "states.pt"
+    torch.save({"objective": objective.state_dict()}, path)
+    state = torch.load(path, weights_only=True)["objective"]
+
+    resumed = MiniLLM(MiniLLMOptions(ppo_epochs=3))
+    resumed.load_state_dict(state)
+    resumed_calls = []
+    resumed_ctx = make_ctx(student, teacher, tokenizer, calls=resumed_calls, max_new_tokens=4)
+    # The remaining PPO epochs reuse the saved rollout without sampling; both runs then sample again together.
+    for b in batches[uses:3]:
+        got, expected = resumed.prepare_batch(b, resumed_ctx), objective.prepare_batch(b, ctx)
+        assert not resumed_calls
+        assert_same_batch(got, expected)
+        assert_same_batch(got, stored)
+    resumed.prepare_batch(batches[3], resumed_ctx)
+    assert len(resumed_calls) == 1
+    # The loss on the restored rollout is the original's.
+    resumed_ctx.num_tokens = ctx.num_tokens = float(stored.num_tokens)
+    a, b = objective.loss(stored, ctx), MiniLLM(MiniLLMOptions()).loss(batch_from(state), ctx)
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6)
+
+
+def batch_from(state):
+    from minillm_cli.builtin.objectives.minillm import batch_from_state
+
+    return batch_from_state(state["rollout"])
+
+
+def test_state_dict_before_any_rollout(tmp_path):
+    objective = MiniLLM()
+    path = tmp_path / "s.pt"
+    torch.save(objective.state_dict(), path)
+    resumed = MiniLLM()
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    assert resumed._rollout is None and resumed._uses == 0

@@ -16,6 +16,18 @@ recorded at sampling time, aligned with ``labels``):
 
 Every per-token sum is divided by ``ctx.num_tokens`` exactly once. A rollout batch is reused for ``ppo_epochs``
 consecutive micro-batches (the old log-probs stay those recorded at sampling, so the PPO ratio is right).
+
+Language-modelling loss L_PT (``lm_weight``, 1 as in the paper: L = L_pg + L_single + L_PT; 0 = the "no L_PT"
+ablation): per micro-batch one batch of packed plain-text chunks from ``ctx.lm_batch()`` (every token counts),
+term = (1 − lm_kd_ratio)·CE + lm_kd_ratio·FKL(p ‖ q_θ) on that text (lm_kd_ratio 0 = the paper's plain CE; the
+LMOps code uses 0.5). L_PT is a separate mean, not part of the rollout tokens, so it is normalised by the LM
+batch's own token count and then scaled by (rollout tokens of this micro-batch / ``ctx.num_tokens``): summed over
+the step's micro-batches (and processes) that gives the rollout-token-weighted average of the per-LM-batch means,
+i.e. L_PT enters the step's loss with weight ``lm_weight`` whatever the split into micro-batches. (A micro-batch
+without rollout tokens therefore contributes no L_PT.)
+
+``state_dict`` holds the stored rollout batch (CPU tensors, lists, plain values) and its use counter, so a run
+resumed in the middle of a rollout's PPO epochs continues with the same rollout.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...objective import LossOutput, Objective, StepContext, option
-from ._common import in_unit_interval, non_negative
+from ._common import in_unit_interval, needs_by_options, non_negative
 
 VARIANTS = ("paper", "reference")
 
@@ -42,7 +54,11 @@ class MiniLLMOptions:
     variant: str = option("paper", "paper (R^Norm_{t+1}, w_t on both terms) or reference (LMOps code: "
                                    "discounted, divided by remaining tokens, whitened, w_t in the ratio).")
     gamma: float = option(0.95, "Discount of the reference variant (unused by the paper variant).")
-    lm_weight: float = option(0.0, "Weight of the language-modelling loss L_PT; not wired yet, must be 0.")
+    lm_weight: float = option(1.0, "Weight of the language-modelling loss L_PT on packed plain text "
+                                   "(data.lm_corpus, default the embedded corpus); 1 as in the paper, 0 = the "
+                                   "'no L_PT' ablation (no text is loaded).")
+    lm_kd_ratio: float = option(0.0, "Share of word-level KD in L_PT: (1 − r)·CE + r·FKL(teacher ‖ student) on the "
+                                     "text; 0 = the paper's plain CE, 0.5 = the LMOps reference code.")
 
     def validate(self) -> list[str]:
         problems = in_unit_interval("alpha", self.alpha) + in_unit_interval("gamma", self.gamma)
@@ -57,9 +73,53 @@ class MiniLLMOptions:
         if self.variant not in VARIANTS:
             problems.append(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         problems += non_negative("lm_weight", self.lm_weight)
-        if self.lm_weight:
-            problems.append("lm_weight must be 0: the language-modelling loss L_PT is not wired yet")
+        problems += in_unit_interval("lm_kd_ratio", self.lm_kd_ratio)
         return problems
+
+
+def _minillm_needs(options: MiniLLMOptions):
+    needs = {"gold", "teacher", "mixed_samples"}
+    if options.lm_weight > 0:
+        needs.add("lm_chunks")
+    return needs
+
+
+_BATCH_TENSORS = ("input_ids", "attention_mask", "position_ids", "labels", "loss_mask")
+
+
+def _plain(value):
+    """A checkpoint-safe copy (torch.load(weights_only=True)): tensors detached on CPU, containers recursively."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def batch_state(batch) -> dict:
+    """A Batch as plain tensors/lists/strings (see ``batch_from_state``)."""
+    state = {name: _plain(getattr(batch, name)) for name in _BATCH_TENSORS}
+    state["prompts"] = [[int(t) for t in p] for p in batch.prompts]
+    state["responses"] = [[int(t) for t in r] for r in batch.responses]
+    state["source"] = str(batch.source)
+    state["extras"] = _plain(batch.extras)
+    return state
+
+
+def batch_from_state(state: dict):
+    from ...batches import Batch
+
+    return Batch(
+        **{name: state[name] for name in _BATCH_TENSORS},
+        prompts=[list(p) for p in state["prompts"]],
+        responses=[list(r) for r in state["responses"]],
+        source=state.get("source", "student"),
+        extras=dict(state.get("extras", {})),
+    )
 
 
 # --- returns and advantages (module-level so that tests can check them against a plain reference) -------------
@@ -167,10 +227,11 @@ class MiniLLM(Objective):
     help = (
         "MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher by policy gradient on teacher-mixed rollouts: "
         "PPO-clipped long-term term on length-normalised returns plus the exact single-step reverse KL "
-        "(REFERENCE.md §1); variant=reference follows the LMOps code."
+        "(REFERENCE.md §1) plus the language-modelling loss L_PT on plain text (lm_weight 1; lm_weight=0 is the "
+        "'no L_PT' ablation, lm_kd_ratio=0.5 the LMOps code's CE+FKL mix); variant=reference follows the LMOps code."
     )
     Options = MiniLLMOptions
-    needs = frozenset({"gold", "teacher", "mixed_samples"})
+    needs = needs_by_options({"gold", "teacher", "mixed_samples", "lm_chunks"}, _minillm_needs)
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -183,8 +244,44 @@ class MiniLLM(Objective):
         if self._rollout is None or self._uses >= self.options.ppo_epochs:
             self._rollout = ctx.sample_mixed(batch, self.options.alpha)
             self._uses = 0
+        elif self._rollout.input_ids.device != batch.input_ids.device:
+            self._rollout = self._rollout.to(batch.input_ids.device)   # restored from a checkpoint (CPU)
         self._uses += 1
         return self._rollout
+
+    def state_dict(self) -> dict:
+        """The stored rollout (plain CPU tensors and lists) and how many micro-batches it has served."""
+        return {"uses": int(self._uses), "rollout": None if self._rollout is None else batch_state(self._rollout)}
+
+    def load_state_dict(self, state: dict) -> None:
+        rollout = state.get("rollout")
+        self._rollout = None if rollout is None else batch_from_state(rollout)
+        self._uses = int(state.get("uses", 0))
+
+    def lm_term(self, ctx: StepContext, share: float):
+        """L_PT on the next LM batch (fetched once per call): ((1 − r)·CE + r·FKL) summed over its tokens, divided
+        by its own token count, times ``share`` (this rollout micro-batch's tokens / ``ctx.num_tokens``, so that
+        the micro-batches of a step add up to the per-token mean). Returns (term, metrics)."""
+        from ...losses import distill_loss, lm_loss
+
+        o = self.options
+        lm_batch = ctx.lm_batch()
+        lm_tokens = max(float(lm_batch.num_tokens), 1.0)
+        student = ctx.student_forward(lm_batch)
+        metrics = {}
+        term = student.hidden.float().sum() * 0.0           # keeps a graph even when every term is skipped
+        if o.lm_kd_ratio < 1:
+            ce = lm_loss(student, lm_batch.labels, lm_batch.loss_mask, num_tokens=lm_tokens,
+                         chunk_tokens=ctx.chunk_tokens) * share
+            metrics["lm_ce"] = float(ce.detach())
+            term = term + (1 - o.lm_kd_ratio) * ce
+        if o.lm_kd_ratio > 0:
+            fkl = distill_loss("fkl", student, ctx.teacher_forward(lm_batch), lm_batch.loss_mask,
+                               num_tokens=lm_tokens, chunk_tokens=ctx.chunk_tokens) * share
+            metrics["lm_fkl"] = float(fkl.detach())
+            term = term + o.lm_kd_ratio * fkl
+        metrics["lm"] = float(term.detach())
+        return term, metrics
 
     def advantages(self, batch):
         """Rewards and advantages [B, L] (detached, 0 off the loss mask) of a rollout batch."""
@@ -228,6 +325,10 @@ class MiniLLM(Objective):
             single = single_tokens.sum() / denominator
             loss = loss + single
             metrics["single"] = float(single.detach())
+        if o.lm_weight > 0:
+            lm, lm_metrics = self.lm_term(ctx, float(mask.sum()) / denominator)
+            loss = loss + o.lm_weight * lm
+            metrics.update(lm_metrics)
         with torch.no_grad():
             metrics["reward"] = float(rewards.sum() / denominator)
             metrics["ratio"] = float(ratio.sum() / denominator)
