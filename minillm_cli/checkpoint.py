@@ -29,6 +29,7 @@ class TrainerState:
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     tokens_seen: int = 0
+    lm_position: int = 0              # next plain-text chunk for language-modelling losses
     history: list = field(default_factory=list)   # validation results
 
 

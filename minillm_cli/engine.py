@@ -152,7 +152,6 @@ class Engine:
             temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
             no_repeat_ngram_size=g.no_repeat_ngram_size,
         )
-        self._lm_position = 0
         self._metrics_file = None
         self._tensorboard = None
 
@@ -205,8 +204,8 @@ class Engine:
         if not chunks:
             raise RuntimeError(f"objective '{self.objective.name}' needs lm_chunks but no data.lm_corpus is set")
         size = self.config.train.batch_size
-        rows = [chunks[(self._lm_position + i) % len(chunks)] for i in range(size)]
-        self._lm_position = (self._lm_position + size) % len(chunks)
+        rows = [chunks[(self.state.lm_position + i) % len(chunks)] for i in range(size)]
+        self.state.lm_position = (self.state.lm_position + size) % len(chunks)
         batch = make_batch([[r[0]] for r in rows], [r[1:] for r in rows], self.tokenizer.pad_token_id, source="text")
         return batch.to(self.device)
 

@@ -64,3 +64,35 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared/data is not present beside the project")
     return SHARED_DATA
+
+
+# A tiny teacher/student pair sharing one tokenizer, for objective tests: (student ref, teacher ref).
+@pytest.fixture(scope="module")
+def refs(tiny_models):
+    from minillm_cli.models import resolve_model
+
+    return resolve_model(str(tiny_models("llama", seed=1))), resolve_model(str(tiny_models("llama", layers=3, seed=2)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(refs):
+    from minillm_cli.models import load_tokenizer
+
+    return load_tokenizer(refs[0])
+
+
+@pytest.fixture(scope="module")
+def teacher(refs):
+    from minillm_cli.models import load_model
+
+    return load_model(refs[1])
+
+
+@pytest.fixture
+def student(refs):
+    import torch
+
+    from minillm_cli.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(refs[0], trainable=True)

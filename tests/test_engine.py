@@ -207,3 +207,19 @@ def test_lower_precision_student_and_teacher_train(pair, tmp_path, precision, te
     with engine.accelerator.autocast():
         value = distill_loss("fkl", engine.student_forward(batch), engine.teacher_forward(batch), batch.loss_mask)
     assert value.dtype == torch.float32
+
+
+def test_plain_text_position_survives_resume(pair, tmp_path):
+    chunks = [[1 + i, 2 + i, 3 + i, 4 + i] for i in range(10)]
+    first = _engine(pair, tmp_path, CEObjective(), batch_size=4, steps=2, teacher=False)
+    first.data.lm_chunks = chunks
+    expected = [first.lm_batch().input_ids.tolist() for _ in range(3)]
+    second = _engine(pair, tmp_path / "b", CEObjective(), batch_size=4, steps=2, teacher=False)
+    second.data.lm_chunks = chunks
+    second.lm_batch()
+    second.train_step()
+    path = second.save()
+    third = _engine(pair, tmp_path / "c", CEObjective(), batch_size=4, steps=2, teacher=False)
+    third.data.lm_chunks = chunks
+    third.resume(path)
+    assert third.lm_batch().input_ids.tolist() == expected[1]

@@ -20,7 +20,7 @@ from minillm_cli.builtin.objectives.minillm import (
 )
 from minillm_cli.forward import forward_hidden
 from minillm_cli.generation import SamplingConfig
-from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+from minillm_cli.models import logit_width
 from minillm_cli.objective import StepContext
 from minillm_cli.rollout import sample_rollouts
 
@@ -119,27 +119,6 @@ def test_padding_and_position_invariance(layout):
 
 
 # --- tiny models --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def refs(tiny_models):
-    return resolve_model(str(tiny_models("llama", seed=1))), resolve_model(str(tiny_models("llama", layers=3, seed=2)))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(refs):
-    return load_tokenizer(refs[0])
-
-
-@pytest.fixture(scope="module")
-def teacher(refs):
-    return load_model(refs[1])
-
-
-@pytest.fixture
-def student(refs):
-    torch.manual_seed(0)
-    return load_model(refs[0], trainable=True)
 
 
 def gold(tokenizer, pairs):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from minillm_cli.batches import make_batch
 from minillm_cli.forward import forward_hidden
 from minillm_cli.generation import SamplingConfig, generate
-from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+from minillm_cli.models import logit_width
 from minillm_cli.objective import Objective, StepContext
 
 NAMES = ["sft", "kd", "seqkd", "rkl", "tvd", "gkd", "distillm"]
@@ -29,29 +29,6 @@ HELD_OUT = [
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def refs(tiny_models):
-    student_ref = resolve_model(str(tiny_models("llama", seed=1)))
-    teacher_ref = resolve_model(str(tiny_models("llama", layers=3, seed=2)))
-    return student_ref, teacher_ref
-
-
-@pytest.fixture(scope="module")
-def tokenizer(refs):
-    return load_tokenizer(refs[0])
-
-
-@pytest.fixture(scope="module")
-def teacher(refs):
-    return load_model(refs[1])
-
-
-@pytest.fixture
-def student(refs):
-    torch.manual_seed(0)
-    return load_model(refs[0], trainable=True)
 
 
 def _batch(tokenizer, pairs):
