@@ -7,6 +7,7 @@ each and step. Validation, checkpoints, metrics and the progress display hang of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -245,11 +246,11 @@ class Engine:
         totals: dict[str, float] = {"loss": 0.0}
         for index, batch in enumerate(micro):
             sync = index == len(micro) - 1
-            context = self.accelerator.no_sync(self.student) if not sync else _null()
+            context = self.accelerator.no_sync(self.student) if not sync else contextlib.nullcontext()
             with context, self.accelerator.autocast():
                 output = self.objective.loss(batch, ctx)
             self.accelerator.backward(output.loss)
-            totals["loss"] += float(output.loss.detach()) * 1.0
+            totals["loss"] += float(output.loss.detach())
             for key, value in output.metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         if train.max_grad_norm and train.max_grad_norm > 0:
@@ -435,18 +436,10 @@ class Engine:
 
     def _progress(self):
         if not self.show_progress or not self.accelerator.is_main_process:
-            return _null()
+            return contextlib.nullcontext()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         return Progress(
             TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
         )
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

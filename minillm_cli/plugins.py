@@ -102,14 +102,10 @@ def describe_plugins() -> list[dict]:
     rows = []
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
-        hooks = sorted(impl.name for impl in _hookcallers(plugin))
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         version = _plugin_versions.get(name) or (__version__ if name.startswith("minillm_cli.") else None)
         rows.append({"name": name, "version": version, "hooks": hooks})
     return sorted(rows, key=lambda row: (not row["name"].startswith("minillm_cli."), row["name"]))
-
-
-def _hookcallers(plugin):
-    return pm.get_hookcallers(plugin) or []
 
 
 # --- registries ---------------------------------------------------------------------------------------------

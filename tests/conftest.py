@@ -7,6 +7,34 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Prompt/response pairs for tiny training loops, and held-out prompts to measure them on.
+TRAIN = [
+    ("The capital of France is", " Paris."),
+    ("List three colours:", " red, green, blue."),
+    ("Two plus two is", " four."),
+    ("Is this review positive?", " The film was wonderful."),
+]
+HELD_OUT = [
+    ("The capital of Italy is", " Rome."),
+    ("Water boils at", " one hundred degrees."),
+    ("Cats and dogs are", " animals."),
+]
+
+
+def run_cli(capsys, *args):
+    """Run ``minillm ARGS`` in-process: (exit status, stdout, stderr)."""
+    from minillm_cli.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 BUILTIN_FAMILIES = ["gpt2", "opt", "llama", "mistral", "qwen2", "gemma", "smollm2"]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_cli
 import torch
 
-from minillm_cli.cli import main
 from minillm_cli.engine import Engine
 from minillm_cli.recipes import load_config
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
@@ -59,16 +60,7 @@ def teacher(tiny_models):
     return tiny_models("llama", layers=4)
 
 
-def run(capsys, *args):
-    """Run ``minillm ARGS`` in-process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def distill(capsys, teacher, output, *args):

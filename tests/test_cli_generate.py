@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import run_cli
 import torch
 
 from minillm_cli.cli import main
@@ -32,15 +34,7 @@ def prompts(tmp_path):
     return path
 
 
-def run(capsys, *args):
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def generate(capsys, model, *args):

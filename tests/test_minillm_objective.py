@@ -7,6 +7,8 @@ import math
 import random
 
 import pytest
+
+from conftest import HELD_OUT, TRAIN
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +26,6 @@ from minillm_cli.models import logit_width
 from minillm_cli.objective import StepContext
 from minillm_cli.rollout import sample_rollouts
 
-TRAIN = [
-    ("The capital of France is", " Paris."),
-    ("List three colours:", " red, green, blue."),
-    ("Two plus two is", " four."),
-    ("Is this review positive?", " The film was wonderful."),
-]
-HELD_OUT = [
-    ("The capital of Italy is", " Rome."),
-    ("Water boils at", " one hundred degrees."),
-    ("Cats and dogs are", " animals."),
-]
 
 
 # --- plain-Python float64 references of the returns / advantages -------------------------------------------------

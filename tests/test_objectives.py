@@ -4,6 +4,8 @@ import json
 import random
 
 import pytest
+
+from conftest import HELD_OUT, TRAIN
 import torch
 import torch.nn.functional as F
 
@@ -15,17 +17,6 @@ from minillm_cli.objective import Objective, StepContext
 
 NAMES = ["sft", "kd", "seqkd", "rkl", "tvd", "gkd", "distillm"]
 
-TRAIN = [
-    ("The capital of France is", " Paris."),
-    ("List three colours:", " red, green, blue."),
-    ("Two plus two is", " four."),
-    ("Is this review positive?", " The film was wonderful."),
-]
-HELD_OUT = [
-    ("The capital of Italy is", " Rome."),
-    ("Water boils at", " one hundred degrees."),
-    ("Cats and dogs are", " animals."),
-]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
