@@ -210,13 +210,16 @@ class Engine:
         batch = make_batch([[r[0]] for r in rows], [r[1:] for r in rows], self.tokenizer.pad_token_id, source="text")
         return batch.to(self.device)
 
+    def _reduce_sum(self, tensor):
+        return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
+
     def _context(self, num_tokens: float) -> StepContext:
         return StepContext(
             step=self.state.step, num_tokens=num_tokens, student=self.student, teacher=self.teacher,
             vocab_width=self.vocab_width, chunk_tokens=self.config.train.chunk_tokens,
             student_forward=self.student_forward, teacher_forward=self.teacher_forward,
             sample_student=self.sample_student, sample_teacher=self.sample_teacher, sample_mixed=self.sample_mixed,
-            lm_batch=self.lm_batch,
+            lm_batch=self.lm_batch, reduce_sum=self._reduce_sum,
             rng=self.rng, training_progress=self.state.step / self.total_steps,
         )
 
@@ -234,7 +237,7 @@ class Engine:
             ).to(self.device)
             micro.append(batch)
         ctx = self._context(num_tokens=1.0)
-        micro = [self.objective.prepare_batch(batch, ctx) for batch in micro]
+        micro = self.objective.prepare_step(micro, ctx)
         local = torch.tensor(
             [float(sum(b.num_tokens for b in micro)), float(sum(int(b.attention_mask.sum()) for b in micro))],
             device=self.device,

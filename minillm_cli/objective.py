@@ -12,10 +12,12 @@ batches require; the engine loads and provides exactly that:
   (the MiniLLM objective; see ``rollout``);
 - ``lm_chunks``: packed plain-text chunks for a language-modelling loss, as ``ctx.lm_batch()``.
 
-Per optimizer step the engine calls ``prepare_batch`` on every micro-batch first, counts the loss tokens of all
-of them (across processes too), then calls ``loss`` on each with ``ctx.num_tokens`` set to that count: a loss
-that sums over its tokens and divides by ``ctx.num_tokens`` is a per-token mean computed exactly once, the same
-for any split into micro-batches or processes.
+Per optimizer step the engine hands all its micro-batches to ``prepare_step`` first (by default
+``prepare_batch`` on each; MiniLLM overrides it to reuse one step's rollouts for several PPO epochs), counts the
+loss tokens of all of them (across processes too), then calls ``loss`` on each with ``ctx.num_tokens`` set to
+that count: a loss that sums over its tokens and divides by ``ctx.num_tokens`` is a per-token mean computed
+exactly once, the same for any split into micro-batches or processes. Statistics that must be global (MiniLLM's
+advantage whitening) go through ``ctx.reduce_sum``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class StepContext:
     rng: Any                    # random.Random owned by the engine, saved in checkpoints
     training_progress: float    # step / total steps, in [0, 1]
     sample_mixed: Callable = None
+    reduce_sum: Callable = None      # sums a tensor over processes; None: one process (see ``sum_over_processes``)
+
+    def sum_over_processes(self, tensor):
+        return tensor if self.reduce_sum is None else self.reduce_sum(tensor)
 
 
 class Objective:
@@ -72,6 +78,11 @@ class Objective:
     def prepare_data(self, train_examples: list, ctx: "DataContext") -> list:
         """Transform the training examples once before training (SeqKD replaces the responses)."""
         return train_examples
+
+    def prepare_step(self, batches: list, ctx: StepContext) -> list:
+        """Transform the gold micro-batches of one optimizer step before the loss; by default ``prepare_batch``
+        on each. Override to treat a step's micro-batches together (MiniLLM keeps them as one rollout buffer)."""
+        return [self.prepare_batch(batch, ctx) for batch in batches]
 
     def prepare_batch(self, batch, ctx: StepContext):
         """Transform a gold batch before the loss (on-policy objectives sample new responses here)."""

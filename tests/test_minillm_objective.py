@@ -5,6 +5,7 @@ and a CLI run."""
 import json
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -107,6 +108,50 @@ def test_padding_and_position_invariance(layout):
         out = fn(values, mask)
         assert valid(out, mask, ROWS) == [pytest.approx(e, abs=1e-12) for e in expected]
         assert bool((out[~mask] == 0).all())
+
+
+def fake_rollout(rows, **layout):
+    """A rollout batch whose scaled rewards are exactly ``rows`` (log p = r·0.5, log q_old = 0, reward_scale 0.5)."""
+    values, mask = padded(rows, **layout)
+    return SimpleNamespace(loss_mask=mask, extras={"teacher_logprobs": values * 0.5,
+                                                   "old_logprobs": torch.zeros_like(values)})
+
+
+def rows_of(batches, splits):
+    return [row for batch, rows in zip(batches, splits) for row in valid(batch.extras["advantages"], batch.loss_mask, rows)]
+
+
+def test_reference_whitening_is_global_over_micro_batches_and_processes():
+    """The reference code whitens with global statistics: over every micro-batch of the step's rollout buffer and
+    every process, never per micro-batch, and padding stays out of them."""
+    expected = py_reference(ROWS, 0.95)
+    splits = [ROWS[:2], ROWS[2:]]
+    objective = MiniLLM(MiniLLMOptions(variant="reference", gamma=0.95))
+
+    step = [fake_rollout(splits[0], offsets=[3, 0]), fake_rollout(splits[1], offsets=[0, 5], length=12)]
+    objective.attach_advantages(step)                           # one process, two micro-batches
+    assert rows_of(step, splits) == [pytest.approx(e, abs=1e-5) for e in expected]
+
+    # Two processes with one micro-batch each: the sums (count, Σx, Σx²) cross processes, as an all-reduce would.
+    ranks = [[fake_rollout(splits[0], offsets=[1, 4])], [fake_rollout(splits[1], extra_rows=1)]]
+    local = []
+    for batches in ranks:
+        objective.attach_advantages(batches, lambda sums: local.append(sums.clone()) or sums)
+    for batches in ranks:
+        objective.attach_advantages(batches, lambda sums: local[0] + local[1])
+    assert rows_of([ranks[0][0], ranks[1][0]], splits) == [pytest.approx(e, abs=1e-5) for e in expected]
+
+    alone = fake_rollout(splits[0])                             # per-batch whitening would differ
+    objective.attach_advantages([alone])
+    assert rows_of([alone], splits[:1]) != [pytest.approx(e, abs=1e-3) for e in expected[:2]]
+
+
+def test_paper_advantages_need_no_statistics():
+    objective = MiniLLM(MiniLLMOptions())
+    step = [fake_rollout(ROWS[:2]), fake_rollout(ROWS[2:], offsets=[2, 0])]
+    objective.attach_advantages(step, lambda sums: pytest.fail("the paper variant has no global statistics"))
+    expected = [py_paper(r) for r in ROWS]
+    assert rows_of(step, [ROWS[:2], ROWS[2:]]) == [pytest.approx(e, abs=1e-5) for e in expected]
 
 
 # --- tiny models --------------------------------------------------------------------------------------------------
@@ -247,7 +292,7 @@ def test_rollouts_are_reused_for_ppo_epochs(student, teacher, tokenizer):
     ctx = make_ctx(student, teacher, tokenizer, calls=calls, max_new_tokens=3)
     batches = [gold(tokenizer, TRAIN[i % 4:i % 4 + 1] + HELD_OUT[:1]) for i in range(7)]
     out = [objective.prepare_batch(b, ctx) for b in batches]
-    assert len(calls) == 3                                        # micro-batches 0, 3, 6
+    assert len(calls) == 3                                        # steps 0, 3, 6
     assert out[0] is out[1] is out[2] and out[3] is out[4] is out[5] and out[6] is not out[3]
     assert calls[1][2] == batches[3].prompts and calls[2][2] == batches[6].prompts
     assert all(alpha == 0.2 for _, alpha, _ in calls)
@@ -255,6 +300,21 @@ def test_rollouts_are_reused_for_ppo_epochs(student, teacher, tokenizer):
     old = out[0].extras["old_logprobs"].clone()
     objective.loss(out[0], ctx).loss.backward()
     assert torch.equal(out[1].extras["old_logprobs"], old)
+
+
+def test_gradient_accumulation_reuses_the_whole_step_buffer(student, teacher, tokenizer):
+    """With grad_accum micro-batches per step, a PPO epoch is one optimizer step over all of them: the buffer of
+    grad_accum rollouts serves ppo_epochs steps, then all are sampled afresh."""
+    calls = []
+    objective = MiniLLM(MiniLLMOptions(ppo_epochs=2))
+    ctx = make_ctx(student, teacher, tokenizer, calls=calls, max_new_tokens=3)
+    steps = [[gold(tokenizer, TRAIN[s:s + 1]), gold(tokenizer, HELD_OUT[s:s + 1])] for s in range(3)]
+    out = [objective.prepare_step(step, ctx) for step in steps]
+    assert len(calls) == 4                                        # two micro-batches at steps 0 and 2
+    assert [c[2] for c in calls] == [steps[0][0].prompts, steps[0][1].prompts, steps[2][0].prompts, steps[2][1].prompts]
+    assert out[0][0] is out[1][0] and out[0][1] is out[1][1] and out[0][0] is not out[0][1]
+    assert out[2][0] is not out[0][0]
+    assert all("advantages" in b.extras for b in out[0])
 
 
 def test_ablations(student, teacher, tokenizer):
@@ -302,7 +362,7 @@ def test_cli_distill_minillm(tiny_models, tmp_path, monkeypatch, capsys):
     teacher_dir = tiny_models("llama", layers=4)
     output = tmp_path / "run"
     args = ["distill", "--teacher", str(teacher_dir), "--output-dir", str(output), "--no-progress",
-            "--objective", "minillm", "student_layers=2", "train.steps=2", "train.batch_size=2",
+            "--objective", "minillm", "student_layers=2", "train.steps=2", "train.batch_size=2", "train.grad_accum=2",
             "eval.rouge_examples=2", "eval.max_examples=4", "eval.max_new_tokens=4", "generation.max_new_tokens=8",
             "data.limit=40", "data.max_prompt_tokens=512", "data.lm_chunk_tokens=64"]
     try:
@@ -446,7 +506,7 @@ def test_state_dict_round_trip_resumes_the_rollout(student, teacher, tokenizer, 
 def batch_from(state):
     from minillm_cli.builtin.objectives.minillm import batch_from_state
 
-    return batch_from_state(state["rollout"])
+    return batch_from_state(state["rollouts"][0])
 
 
 def test_state_dict_before_any_rollout(tmp_path):
@@ -455,4 +515,4 @@ def test_state_dict_before_any_rollout(tmp_path):
     torch.save(objective.state_dict(), path)
     resumed = MiniLLM()
     resumed.load_state_dict(torch.load(path, weights_only=True))
-    assert resumed._rollout is None and resumed._uses == 0
+    assert resumed._rollouts == [] and resumed._uses == 0

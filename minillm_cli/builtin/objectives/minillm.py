@@ -14,8 +14,12 @@ recorded at sampling time, aligned with ``labels``):
   (× w_t in the reference variant);
 - single-step term: Σ_t KL(q_θ(·|y_<t) ‖ p(·|y_<t)) exactly over the vocabulary (× w_t in the paper variant).
 
-Every per-token sum is divided by ``ctx.num_tokens`` exactly once. A rollout batch is reused for ``ppo_epochs``
-consecutive micro-batches (the old log-probs stay those recorded at sampling, so the PPO ratio is right).
+Every per-token sum is divided by ``ctx.num_tokens`` exactly once. Rollouts are sampled per optimizer step, one
+rollout batch per micro-batch (``grad_accum`` of them: the step's rollout buffer), and the buffer serves
+``ppo_epochs`` consecutive optimizer steps (REFERENCE §2: several PPO epochs over stored rollouts; the old
+log-probs stay those recorded at sampling, so the PPO ratio is right). Rewards and advantages are computed once
+per buffer; the reference variant whitens them with the mean and variance over every valid token of the buffer
+on every process (``ctx.sum_over_processes``), as the reference code's global whitening does.
 
 Language-modelling loss L_PT (``lm_weight``, 1 as in the paper: L = L_pg + L_single + L_PT; 0 = the "no L_PT"
 ablation): per micro-batch one batch of packed plain-text chunks from ``ctx.lm_batch()`` (every token counts),
@@ -26,8 +30,8 @@ the step's micro-batches (and processes) that gives the rollout-token-weighted a
 i.e. L_PT enters the step's loss with weight ``lm_weight`` whatever the split into micro-batches. (A micro-batch
 without rollout tokens therefore contributes no L_PT.)
 
-``state_dict`` holds the stored rollout batch (CPU tensors, lists, plain values) and its use counter, so a run
-resumed in the middle of a rollout's PPO epochs continues with the same rollout.
+``state_dict`` holds the stored rollout buffer (CPU tensors, lists, plain values) and its use counter, so a run
+resumed in the middle of a buffer's PPO epochs continues with the same rollouts.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class MiniLLMOptions:
     alpha: float = option(0.2, "Teacher-mix α of the rollout distribution α·p + (1−α)·q; 0 = the 'without "
                                "teacher-mixed sampling' ablation (importance weights all 1).")
     clip_eps: float = option(0.2, "PPO clipping ε of the ratio.")
-    ppo_epochs: int = option(4, "Each rollout batch is reused for this many consecutive micro-batches.")
+    ppo_epochs: int = option(4, "Each optimizer step's rollouts serve this many consecutive optimizer steps.")
     single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
                                      "returns then include step t, as in the undecomposed gradient).")
     length_norm: bool = option(True, "Length-normalise the returns (False: the ablation, plain sums).")
@@ -173,20 +177,37 @@ def discounted_returns(rewards, mask, gamma: float, *, normalise: bool = True):
     return torch.where(mask, out, torch.zeros_like(out))
 
 
-def whiten(values, mask, eps: float = 1e-8):
-    """(x − mean) / sqrt(var + eps) with mean and (biased) variance over the valid tokens only; 0 elsewhere."""
+def whitening_moments(values_list, masks, sum_over_processes=None):
+    """Mean and (biased) variance of the valid tokens of every tensor in ``values_list``, summed over processes
+    when ``sum_over_processes`` is given (float64 sums: count, Σx, Σx² are what crosses processes)."""
+    import torch
+
+    device = values_list[0].device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for values, mask in zip(values_list, masks):
+        valid = values[mask.bool()].double()
+        sums += torch.stack([valid.new_tensor(float(valid.numel())), valid.sum(), (valid * valid).sum()])
+    if sum_over_processes is not None:
+        sums = sum_over_processes(sums)
+    count = sums[0].clamp(min=1)
+    mean = sums[1] / count
+    var = (sums[2] / count - mean * mean).clamp(min=0)
+    return float(mean), float(var)
+
+
+def whiten(values, mask, eps: float = 1e-8, moments=None):
+    """(x − mean) / sqrt(var + eps) with mean and (biased) variance over the valid tokens only (or the given
+    ``moments``, e.g. global ones from ``whitening_moments``); 0 elsewhere."""
     import torch
 
     mask = mask.bool()
-    count = mask.sum().clamp(min=1)
-    mean = values[mask].sum() / count
-    var = ((values - mean) ** 2)[mask].sum() / count
-    out = (values - mean) * torch.rsqrt(var + eps)
+    mean, var = moments if moments is not None else whitening_moments([values], [mask])
+    out = (values - mean) / (var + eps) ** 0.5
     return torch.where(mask, out, torch.zeros_like(out))
 
 
 def discounted_whitened_advantages(rewards, mask, gamma: float, *, normalise: bool = True):
-    """The reference variant's advantages: ``discounted_returns`` whitened over the batch's valid tokens."""
+    """The reference variant's advantages of one batch: ``discounted_returns`` whitened over its valid tokens."""
     return whiten(discounted_returns(rewards, mask, gamma, normalise=normalise), mask)
 
 
@@ -235,27 +256,33 @@ class MiniLLM(Objective):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._rollout = None
+        self._rollouts: list = []
         self._uses = 0
 
-    def prepare_batch(self, batch, ctx: StepContext):
-        """A fresh rollout for the incoming prompts once the stored one has served ``ppo_epochs`` micro-batches;
-        otherwise the stored rollout again (the incoming gold batch is then not used)."""
-        if self._rollout is None or self._uses >= self.options.ppo_epochs:
-            self._rollout = ctx.sample_mixed(batch, self.options.alpha)
+    def prepare_step(self, batches, ctx: StepContext):
+        """The step's rollout buffer: fresh teacher-mixed rollouts for the incoming prompts (one per micro-batch,
+        rewards and advantages attached) once the stored buffer has served ``ppo_epochs`` optimizer steps;
+        otherwise the stored buffer again (the incoming gold batches are then not used)."""
+        if not self._rollouts or self._uses >= self.options.ppo_epochs or len(self._rollouts) != len(batches):
+            self._rollouts = [ctx.sample_mixed(batch, self.options.alpha) for batch in batches]
+            self.attach_advantages(self._rollouts, ctx.sum_over_processes)
             self._uses = 0
-        elif self._rollout.input_ids.device != batch.input_ids.device:
-            self._rollout = self._rollout.to(batch.input_ids.device)   # restored from a checkpoint (CPU)
+        device = batches[0].input_ids.device
+        if self._rollouts[0].input_ids.device != device:      # restored from a checkpoint (CPU)
+            self._rollouts = [rollout.to(device) for rollout in self._rollouts]
         self._uses += 1
-        return self._rollout
+        return list(self._rollouts)
+
+    def prepare_batch(self, batch, ctx: StepContext):
+        """One micro-batch per step (grad_accum 1): ``prepare_step`` on it alone."""
+        return self.prepare_step([batch], ctx)[0]
 
     def state_dict(self) -> dict:
-        """The stored rollout (plain CPU tensors and lists) and how many micro-batches it has served."""
-        return {"uses": int(self._uses), "rollout": None if self._rollout is None else batch_state(self._rollout)}
+        """The stored rollout buffer (plain CPU tensors and lists) and how many optimizer steps it has served."""
+        return {"uses": int(self._uses), "rollouts": [batch_state(rollout) for rollout in self._rollouts]}
 
     def load_state_dict(self, state: dict) -> None:
-        rollout = state.get("rollout")
-        self._rollout = None if rollout is None else batch_from_state(rollout)
+        self._rollouts = [batch_from_state(rollout) for rollout in state.get("rollouts", [])]
         self._uses = int(state.get("uses", 0))
 
     def lm_term(self, ctx: StepContext, share: float):
@@ -283,17 +310,37 @@ class MiniLLM(Objective):
         metrics["lm"] = float(term.detach())
         return term, metrics
 
+    def _returns(self, rewards, mask):
+        o = self.options
+        if o.variant == "paper":
+            return length_normalised_returns(rewards, mask, include_current=not o.single_step, normalise=o.length_norm)
+        return discounted_returns(rewards, mask, o.gamma, normalise=o.length_norm)
+
     def advantages(self, batch):
-        """Rewards and advantages [B, L] (detached, 0 off the loss mask) of a rollout batch."""
+        """Rewards and advantages [B, L] (detached, 0 off the loss mask) of a rollout batch: those attached by
+        ``attach_advantages`` when present, else computed from this batch alone (whitened over it)."""
+        if "advantages" in batch.extras:
+            return batch.extras["rewards"], batch.extras["advantages"]
         o = self.options
         mask = batch.loss_mask.bool()
         rewards = scaled_rewards(batch.extras["teacher_logprobs"], batch.extras["old_logprobs"], mask,
                                  o.reward_scale, o.reward_clip)
-        if o.variant == "paper":
-            adv = length_normalised_returns(rewards, mask, include_current=not o.single_step, normalise=o.length_norm)
-        else:
-            adv = discounted_whitened_advantages(rewards, mask, o.gamma, normalise=o.length_norm)
-        return rewards, adv
+        adv = self._returns(rewards, mask)
+        return rewards, (whiten(adv, mask) if o.variant == "reference" else adv)
+
+    def attach_advantages(self, batches, sum_over_processes=None) -> None:
+        """Store rewards and advantages in each rollout batch's extras, the reference variant whitened with the
+        moments of the whole buffer across processes (REFERENCE §1: global mean and variance)."""
+        o = self.options
+        masks = [batch.loss_mask.bool() for batch in batches]
+        rewards = [scaled_rewards(b.extras["teacher_logprobs"], b.extras["old_logprobs"], m, o.reward_scale, o.reward_clip)
+                   for b, m in zip(batches, masks)]
+        advantages = [self._returns(r, m) for r, m in zip(rewards, masks)]
+        if o.variant == "reference":
+            moments = whitening_moments(advantages, masks, sum_over_processes)
+            advantages = [whiten(a, m, moments=moments) for a, m in zip(advantages, masks)]
+        for batch, r, a in zip(batches, rewards, advantages):
+            batch.extras["rewards"], batch.extras["advantages"] = r, a
 
     def loss(self, batch, ctx: StepContext) -> LossOutput:
         import torch
