@@ -30,6 +30,8 @@ SETTINGS = {
     "gkd-lambda0": ("gkd", {"beta": 0.5, "lmbda": 0.0}),
     "gkd-lambda1": ("gkd", {"beta": 0.5, "lmbda": 1.0}),
     "tvd": ("tvd", {}),
+    # MiniLLM: a step that samples teacher-mixed rollouts, then ppo_epochs − 1 steps that replay them
+    "minillm": ("minillm", {"ppo_epochs": 4}),
 }
 
 
@@ -68,20 +70,37 @@ def worker(args) -> dict:
     config.generation.max_new_tokens = response_tokens
     config.eval.before_after, config.eval.every = False, 0
     config.checkpoint.every = 0
-    data = EngineData(train=examples, valid=[], valid_references=[])
+    lm_chunks = None
+    if "lm_chunks" in objective.needs:   # L_PT's packed plain text: random ids of the same length
+        lm_chunks = [torch.randint(100, width - 100, (args.seq,), generator=generator).tolist() for _ in range(64)]
+    data = EngineData(train=examples, valid=[], valid_references=[], lm_chunks=lm_chunks)
     engine = Engine(
         config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml="", progress=False,
     )
     loaded_rss = rss_mib()
+    sampled = []
+    if hasattr(engine, "sample_mixed"):
+        original = engine.sample_mixed
+
+        def counting_sample_mixed(*a, **k):
+            sampled[-1] = True
+            return original(*a, **k)
+
+        engine.sample_mixed = counting_sample_mixed
     times, tokens = [], []
     for _ in range(args.steps + 1):
+        sampled.append(False)
         started = time.perf_counter()
         record = engine.train_step()
         times.append(time.perf_counter() - started)
         tokens.append(record["tokens"])
     measured = times[1:]
-    return {
+    extra = {}
+    if any(sampled[1:]):
+        extra["sampling_step_seconds"] = [t for t, s in zip(times[1:], sampled[1:]) if s]
+        extra["replay_step_seconds"] = [t for t, s in zip(times[1:], sampled[1:]) if not s]
+    return {**extra,
         "setting": args.worker, "objective": name, "options": options,
         "seconds_per_step": statistics.median(measured), "step_times": times,
         "loss_tokens_per_step": statistics.median(tokens[1:]),
@@ -131,10 +150,15 @@ def main() -> None:
             continue
         rows.append(json.loads(line[len("RESULT "):]))
     table = Table(title=f"{args.teacher} → {args.student or f'{args.student_layers}-layer student'}, batch {args.batch} × {args.seq} tokens, {args.precision}")
-    for column in ("setting", "s/step (median)", "sequence tok/s", "loss tokens/step", "RSS after load MiB", "peak RSS MiB"):
+    for column in ("setting", "s/step (median)", "s/step: sampling | replay", "sequence tok/s", "loss tokens/step",
+                   "RSS after load MiB", "peak RSS MiB"):
         table.add_column(column, justify="right" if column != "setting" else "left")
     for row in rows:
-        table.add_row(row["setting"], f"{row['seconds_per_step']:.2f}", f"{row['sequence_tokens_per_second']:.0f}",
+        split = ""
+        if "sampling_step_seconds" in row:
+            replay = row["replay_step_seconds"]
+            split = f"{statistics.mean(row['sampling_step_seconds']):.2f} | {statistics.median(replay):.2f}" if replay else ""
+        table.add_row(row["setting"], f"{row['seconds_per_step']:.2f}", split, f"{row['sequence_tokens_per_second']:.0f}",
                       f"{row['loss_tokens_per_step']:.0f}", f"{row['rss_after_load_mib']:.0f}", f"{row['peak_rss_mib']:.0f}")
     console.print(table)
     out = Path(args.json)

@@ -187,3 +187,32 @@ def test_every_hook_is_documented_and_tested():
         assert getattr(hookspecs, name).__doc__.strip(), f"hook {name} has no docstring"
         assert f"`{name}(" in readme, f"hook {name} is not documented in README.md"
         assert this_file.count(name) >= 2, f"hook {name} is not exercised by a test"
+
+
+def test_show_describes_an_objective_with_its_options(capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "plugins", "--show", "minillm", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["kind"] == "objective" and "reverse KL" in info["help"]
+    options = {row["name"]: row for row in info["options"]}
+    assert options["alpha"]["default"] == 0.2 and options["alpha"]["help"]
+    assert {"ppo_epochs", "single_step", "length_norm", "lm_weight", "variant"} <= set(options)
+
+
+@pytest.mark.parametrize("name", ["sft", "kd", "gkd", "minillm", "llama"])
+def test_show_table_for_builtins(capsys, name):
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "plugins", "--show", name)
+    assert code == 0, err
+    assert name in out
+
+
+def test_show_unknown_name_suggests(capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "plugins", "--show", "minilm")
+    assert code != 0
+    assert "did you mean 'minillm'" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,117 @@
+"""Tokens per second of MiniLLM's rollouts: teacher-mixed sampling against plain student sampling, side by side.
+
+    python bench/rollout_speed.py                     # SmolLM2-135M-Instruct → its 6-layer student, 8 prompts × ≤ 64 tokens
+    python bench/rollout_speed.py --batch 16 --max-new-tokens 128 --json bench/results/rollout_speed.json
+
+Settings, all on the same prompts (the embedded data set in the family's prompt format) and the paper's sampling
+(temperature 1, top-k 0, top-p 1):
+
+- ``student generate``: the student alone through ``model.generate`` with its KV cache (what on-policy KD uses);
+- ``teacher generate``: the teacher alone, likewise;
+- ``rollout α=0``: ``rollout.sample_rollouts`` without teacher mixing; it still decodes the teacher alongside,
+  because the rewards need log p;
+- ``rollout α=0.2``: teacher-mixed sampling (REFERENCE §1), both models decoding with their own KV caches.
+
+Tokens counted are the sampled ones up to and including end-of-sequence. The "bound" column of a rollout row is
+its tokens/s against the sum-of-both-models time: 1 / (1/student + 1/teacher) tokens/s from the two generate rows.
+Each row is the median of ``--repeats`` runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="smollm2-135m-instruct")
+    parser.add_argument("--student", default=None, help="default: cut --student-layers from the teacher")
+    parser.add_argument("--student-layers", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8, help="prompts, all in one batch")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default="bench/results/rollout_speed.json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from minillm_cli.data import load_instructions, tokenize_prompts
+    from minillm_cli.distill_run import ensure_hf_directory, student_from_teacher
+    from minillm_cli.generation import GenerationStats, SamplingConfig, generate
+    from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+    from minillm_cli.rollout import sample_rollouts
+
+    console = Console()
+    teacher_ref = ensure_hf_directory(resolve_model(args.teacher), console)
+    student_ref = resolve_model(args.student) if args.student else student_from_teacher(teacher_ref, args.student_layers)
+    tokenizer = load_tokenizer(student_ref)
+    teacher, student = load_model(teacher_ref), load_model(student_ref)
+    width = logit_width(student)
+    examples = load_instructions("default", limit=args.batch)
+    prompts, _, _ = tokenize_prompts(examples, tokenizer, prompt_format=teacher_ref.family.prompt_format,
+                                     add_bos=teacher_ref.family.add_bos)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+
+    def run_generate(model, seed):
+        stats = GenerationStats()
+        generate(model, tokenizer, prompts, sampling, seed=seed, batch_size=args.batch, stats=stats)
+        return stats.tokens
+
+    def run_rollout(alpha, seed):
+        rollouts = sample_rollouts(student, teacher, tokenizer, prompts, sampling, alpha=alpha, seed=seed,
+                                   batch_size=args.batch, vocab_width=width)
+        return sum(len(r) for r in rollouts.responses)
+
+    settings = {
+        "student generate": lambda seed: run_generate(student, seed),
+        "teacher generate": lambda seed: run_generate(teacher, seed),
+        "rollout α=0": lambda seed: run_rollout(0.0, seed),
+        "rollout α=0.2": lambda seed: run_rollout(0.2, seed),
+    }
+    rows = []
+    for name, fn in settings.items():
+        console.print(f"running {name} …")
+        fn(100)                                             # warm-up
+        rates, tokens = [], []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            count = fn(repeat)
+            rates.append(count / (time.perf_counter() - started))
+            tokens.append(count)
+        rows.append({"setting": name, "tokens_per_second": statistics.median(rates), "runs": rates, "tokens": tokens})
+    by_name = {row["setting"]: row["tokens_per_second"] for row in rows}
+    bound = 1.0 / (1.0 / by_name["student generate"] + 1.0 / by_name["teacher generate"])
+    for row in rows:
+        row["share_of_both_models_bound"] = row["tokens_per_second"] / bound if row["setting"].startswith("rollout") else None
+        row["relative_to_student_generate"] = row["tokens_per_second"] / by_name["student generate"]
+
+    table = Table(title=f"rollouts: {args.teacher} → {args.student or f'{args.student_layers}-layer student'}, "
+                        f"{args.batch} prompts × ≤ {args.max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
+    for column in ("setting", "tokens/s (median)", "× student generate", "× both-models bound", "runs"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for row in rows:
+        share = row["share_of_both_models_bound"]
+        table.add_row(row["setting"], f"{row['tokens_per_second']:.1f}", f"{row['relative_to_student_generate']:.2f}",
+                      "" if share is None else f"{share:.2f}", ", ".join(f"{r:.1f}" for r in row["runs"]))
+    console.print(table)
+    console.print(f"sum-of-both-models bound: {bound:.1f} tokens/s")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "args": vars(args),
+            "both_models_bound_tokens_per_second": bound}
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
