@@ -1,12 +1,39 @@
-"""Write files so that a crash never leaves a half-written result: write beside, then rename."""
+"""Write files so that a crash never leaves a half-written result: write beside, fsync, then rename."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable: without it a power cut can undo a rename the process saw succeed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """Flush every file under ``root`` (and the directories holding them) to disk before it is renamed into place."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(folder)
 
 
 @contextlib.contextmanager
@@ -22,6 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -29,7 +57,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` (kept intact on error)."""
+    """Yield a temporary sibling directory; on success it replaces ``path`` (kept intact on error).
+
+    The temporary directory is named ``<name>.tmp-<pid>``: whoever lists siblings must skip such names (a kill
+    can leave one behind; ``remove_stale_siblings`` clears them later).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -37,6 +69,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp.mkdir()
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
@@ -46,6 +79,29 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_siblings(directory: str | os.PathLike, only: Iterable[str] | None = None) -> list[Path]:
+    """Delete ``*.tmp-<pid>`` / ``*.old-<pid>`` leftovers of killed writers in ``directory``, except this process's;
+    ``only``: just the leftovers of these names (``final`` matches ``final.tmp-12`` and ``.final.tmp-12``)."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    mine = (f".tmp-{os.getpid()}", f".old-{os.getpid()}")
+    names = None if only is None else set(only)
+    for child in directory.iterdir():
+        name = child.name
+        if not (".tmp-" in name or ".old-" in name) or name.endswith(mine):
+            continue
+        if names is not None and re.split(r"\.(?:tmp|old)-\d+$", name)[0].lstrip(".") not in names:
+            continue
+        if ".old-" in name and not (directory / name.rsplit(".old-", 1)[0]).exists():
+            continue  # killed between the two renames: this is the only copy of a complete result
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        removed.append(child)
+    return removed

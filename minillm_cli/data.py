@@ -268,21 +268,38 @@ def _open_text(path: Path, name: str, encoding: str = "utf-8"):
         raise MinillmError(f"{name}: cannot read ({exc.strerror or exc})") from None
 
 
+_UTF8_FIX = "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+
+
 def _jsonl_records(path: Path, name: str) -> Iterator:
-    with _open_text(path, name) as handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue   # blank lines (a trailing newline, a separator) are not records
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise MinillmError(f"{name}:{number}: invalid JSON ({exc.msg}: column {exc.colno})") from None
-                if not isinstance(record, dict):
-                    raise MinillmError(f"{name}:{number}: expected a JSON object, got {_json_type(record)}")
-                yield f"{name}:{number}", record
-        except UnicodeDecodeError as exc:
-            raise MinillmError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # Bytes, decoded line by line: a non-UTF-8 byte is then reported with its line, like any other bad record.
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise MinillmError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise MinillmError(
+                    f"{name}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); {_UTF8_FIX}"
+                ) from None
+            if not line.strip():
+                continue   # blank lines (a trailing newline, a separator) are not records
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MinillmError(
+                    f"{name}:{number}: invalid JSON ({exc.msg}: column {exc.colno}); fix or remove that line "
+                    "(JSON Lines: one object per line)"
+                ) from None
+            if not isinstance(record, dict):
+                raise MinillmError(
+                    f"{name}:{number}: expected a JSON object, got {_json_type(record)}; "
+                    'write one object per line, such as {"instruction": ..., "output": ...}'
+                )
+            yield f"{name}:{number}", record
 
 
 def _json_type(value) -> str:
@@ -293,9 +310,9 @@ def _json_type(value) -> str:
 
 def _json_records(path: Path, name: str) -> Iterator:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise MinillmError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise MinillmError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start}); {_UTF8_FIX}") from None
     except OSError as exc:
         raise MinillmError(f"{name}: cannot read ({exc.strerror or exc})") from None
     try:
@@ -304,7 +321,9 @@ def _json_records(path: Path, name: str) -> Iterator:
         if exc.msg == "Extra data":
             # JSON Lines saved with a .json suffix: one object per line parses as "extra data" after line 1.
             return _jsonl_records(path, name)
-        raise MinillmError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg}: column {exc.colno})") from None
+        raise MinillmError(
+            f"{name}:{exc.lineno}: invalid JSON ({exc.msg}: column {exc.colno}); fix the file's syntax"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -349,7 +368,7 @@ def _csv_records(path: Path, name: str, delimiter: str) -> Iterator:
         except csv.Error as exc:
             raise MinillmError(f"{name}:{reader.line_num}: invalid CSV ({exc})") from None
         except UnicodeDecodeError as exc:
-            raise MinillmError(f"{name}: not UTF-8 text ({exc.reason})") from None
+            raise MinillmError(f"{name}: not UTF-8 text ({exc.reason}); {_UTF8_FIX}") from None
 
 
 def _parquet_records(path: Path, name: str) -> Iterator:
@@ -358,12 +377,22 @@ def _parquet_records(path: Path, name: str) -> Iterator:
 
     try:
         parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise MinillmError(f"{name}: not a valid Parquet file ({_first_line(exc)})") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:   # ValueError: UnicodeDecodeError in damaged metadata
+        raise MinillmError(f"{name}: not a valid Parquet file ({_first_line(exc)}); write the file again") from None
     index = 0
     # Batches keep memory flat on large files; to_pylist gives plain Python values.
-    for batch in parquet.iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
+    batches = parquet.iter_batches(batch_size=1024)
+    while True:
+        try:
+            # A damaged page surfaces only when its batch is read: name the file and row, not a pyarrow traceback.
+            records = next(batches).to_pylist()
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise MinillmError(
+                f"{name}: row {index}: not a valid Parquet file ({_first_line(exc)}); write the file again"
+            ) from None
+        for record in records:
             yield f"{name}: row {index}", record
             index += 1
 

@@ -52,6 +52,10 @@ CHOICES: dict[str, tuple] = {
     "train.teacher_dtype": _PRECISIONS,
     "eval.select_by": ("rougeL", "loss"),
     "data.prompt_format": ("alpaca", "chat"),
+    "parallel.engine": ("accelerate", "deepspeed"),
+    "parallel.offload_optimizer": ("none", "cpu", "nvme"),
+    "parallel.offload_params": ("none", "cpu", "nvme"),
+    "parallel.teacher_shard": ("none", "device_map", "zero3"),
 }
 
 
@@ -86,6 +90,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.eps": _gt(0),
     "train.max_grad_norm": _ge(0),
     "train.chunk_tokens": _gt(0),
+    "train.max_bad_steps": _ge(0),
     "generation.temperature": _ge(0),
     "generation.top_k": _ge(0),
     "generation.top_p": ((lambda v: 0 < v <= 1), "must be in (0, 1]"),
@@ -98,6 +103,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.max_new_tokens": _gt(0),
     "checkpoint.every": _ge(0),
     "checkpoint.keep": _gt(0),
+    "parallel.zero_stage": ((lambda v: v in (0, 1, 2, 3)), "must be 0, 1, 2 or 3"),
+    "train.lora.r": _ge(0),
+    "train.lora.alpha": _gt(0),
+    "train.lora.dropout": ((lambda v: 0 <= v < 1), "must be in [0, 1)"),
 }
 
 # Names other tools use for our keys, for "did you mean".
@@ -172,10 +181,21 @@ def _read_yaml(path: Path, display: str) -> tuple[Any, dict[tuple, int], list[tu
         raise MinillmError(f"cannot read recipe {display}: {getattr(exc, 'strerror', None) or exc}") from exc
     lines: dict[tuple, int] = {}
     duplicates: list[tuple[int, str]] = []
+    visits = [0]
 
-    def walk(node, prefix):
+    def walk(node, prefix, ancestors=()):
         # Before construction: constructing flattens merge keys (<<) into the node, which would look like duplicates.
         if isinstance(node, yaml.MappingNode):
+            if node in ancestors:  # `a: &x {b: *x}`: a mapping inside itself would recurse forever
+                raise MinillmError(
+                    f"{display}:{node.start_mark.line + 1}: a YAML anchor refers to a mapping that contains it; "
+                    "a recipe must be a plain tree of keys"
+                )
+            visits[0] += 1
+            if visits[0] > 100_000:  # aliases of aliases ("billion laughs") expand exponentially
+                raise MinillmError(
+                    f"{display}: more than 100000 mappings after expanding aliases; write the recipe out plainly"
+                )
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                     continue
@@ -184,9 +204,15 @@ def _read_yaml(path: Path, display: str) -> tuple[Any, dict[tuple, int], list[tu
                 if path in lines:
                     duplicates.append((line, ".".join(path)))
                 lines.setdefault(path, line)
-                walk(value_node, path)
+                walk(value_node, path, ancestors + (node,))
 
-    loader = _yaml()[0](text)
+    try:
+        loader = _yaml()[0](text)
+    except yaml.reader.ReaderError as exc:  # raised before parsing: a control character anywhere in the file
+        line = text.count("\n", 0, exc.position) + 1
+        raise MinillmError(
+            f"{display}:{line}: invalid YAML: character #x{exc.character:04x} is not allowed; remove it"
+        ) from None
     try:
         node = loader.get_single_node()
         walk(node, ())
