@@ -39,8 +39,12 @@ def fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are Typer's; a MinillmError becomes one line on stderr and exit status 2."""
+    from ..distributed import quiet_deepspeed
+    from ..launch import strip_local_rank
+
+    quiet_deepspeed()
     try:
         build_app()
-        app(args=argv, prog_name="minillm")
+        app(args=strip_local_rank(sys.argv[1:] if argv is None else argv), prog_name="minillm")
     except MinillmError as exc:
         fail(str(exc))

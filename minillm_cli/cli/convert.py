@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 app = typer.Typer(
-    help="Convert models: GGUF to Hugging Face, dtype and shards, students cut from teachers.",
+    help="Convert models: GGUF to Hugging Face, dtype and shards, students cut from teachers, ZeRO checkpoints, LoRA merges.",
     no_args_is_help=True,
 )
 
@@ -98,3 +98,32 @@ def layers(
         overwrite=overwrite,
     )
     _print(report)
+
+
+@app.command("zero")
+def zero(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint of a DeepSpeed run (runs/x/checkpoints/step-000100) or a DeepSpeed checkpoint folder."),
+    out: Path = typer.Argument(..., help="Output Hugging Face model directory."),
+    model: Optional[str] = typer.Option(None, help="Model directory with the student's config.json and tokenizer (default: CHECKPOINT/student)."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    tag: Optional[str] = typer.Option(None, help="DeepSpeed checkpoint tag (default: 'latest')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Reassemble a DeepSpeed ZeRO checkpoint (any stage, any process count) into a Hugging Face directory."""
+    from ..zero import convert_zero
+
+    _print(convert_zero(checkpoint, out, model=model, dtype=dtype, tag=tag, overwrite=overwrite))
+
+
+@app.command("merge-lora")
+def merge_lora(
+    adapter: Path = typer.Argument(..., help="A LoRA adapter directory (or an export holding one in adapter/)."),
+    out: Path = typer.Argument(..., help="Output Hugging Face model directory."),
+    base: Optional[str] = typer.Option(None, help="Base model (default: the one the adapter names)."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Fold a LoRA adapter into its base model: a full Hugging Face directory (safetensors)."""
+    from ..lora import merge_lora as merge
+
+    _print(merge(adapter, out, base=base, dtype=dtype, overwrite=overwrite))
