@@ -6,7 +6,10 @@
 Settings, all on the same prompts (the embedded data set in the family's prompt format) and the paper's sampling
 (temperature 1, top-k 0, top-p 1):
 
-- ``student generate``: the student alone through ``model.generate`` with its KV cache (what on-policy KD uses);
+- ``student model.generate (plain)``: the student's own ``model.generate`` called directly (left-padded batch, the
+  same generation config), the reference for the overhead of minillm's wrapper;
+- ``student generate``: the student alone through ``minillm_cli.generation.generate`` (``model.generate`` with its
+  KV cache: what on-policy KD, GKD and DistiLLM sample with); its "× plain" column is against the row above;
 - ``teacher generate``: the teacher alone, likewise;
 - ``rollout α=0``: ``rollout.sample_rollouts`` without teacher mixing; it still decodes the teacher alongside,
   because the rewards need log p;
@@ -50,7 +53,7 @@ def main() -> None:
     from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
     from minillm_cli.rollout import sample_rollouts
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     teacher_ref = ensure_hf_directory(resolve_model(args.teacher), console)
     student_ref = resolve_model(args.student) if args.student else student_from_teacher(teacher_ref, args.student_layers)
     tokenizer = load_tokenizer(student_ref)
@@ -66,12 +69,30 @@ def main() -> None:
         generate(model, tokenizer, prompts, sampling, seed=seed, batch_size=args.batch, stats=stats)
         return stats.tokens
 
+    def run_plain(model, seed):
+        """model.generate itself: no wrapper, the same settings; tokens up to and including the first eos."""
+        from minillm_cli.generation import _eos_ids, left_pad
+
+        config = sampling.generation_config(tokenizer)
+        eos = _eos_ids(tokenizer, model)
+        config.eos_token_id = sorted(eos)
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        count = 0
+        for row in output[:, ids.shape[1]:].tolist():
+            cut = next((i for i, tok in enumerate(row) if tok in eos), None)
+            count += len(row) if cut is None else cut + 1
+        return count
+
     def run_rollout(alpha, seed):
         rollouts = sample_rollouts(student, teacher, tokenizer, prompts, sampling, alpha=alpha, seed=seed,
                                    batch_size=args.batch, vocab_width=width)
         return sum(len(r) for r in rollouts.responses)
 
     settings = {
+        "student model.generate (plain)": lambda seed: run_plain(student, seed),
         "student generate": lambda seed: run_generate(student, seed),
         "teacher generate": lambda seed: run_generate(teacher, seed),
         "rollout α=0": lambda seed: run_rollout(0.0, seed),
@@ -93,15 +114,18 @@ def main() -> None:
     for row in rows:
         row["share_of_both_models_bound"] = row["tokens_per_second"] / bound if row["setting"].startswith("rollout") else None
         row["relative_to_student_generate"] = row["tokens_per_second"] / by_name["student generate"]
+        row["relative_to_plain_generate"] = row["tokens_per_second"] / by_name["student model.generate (plain)"]
 
     table = Table(title=f"rollouts: {args.teacher} → {args.student or f'{args.student_layers}-layer student'}, "
                         f"{args.batch} prompts × ≤ {args.max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
-    for column in ("setting", "tokens/s (median)", "× student generate", "× both-models bound", "runs"):
+    for column in ("setting", "tokens/s (median)", "× plain", "× student generate", "× both-models bound", "runs"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for row in rows:
         share = row["share_of_both_models_bound"]
-        table.add_row(row["setting"], f"{row['tokens_per_second']:.1f}", f"{row['relative_to_student_generate']:.2f}",
-                      "" if share is None else f"{share:.2f}", ", ".join(f"{r:.1f}" for r in row["runs"]))
+        plain = f"{row['relative_to_plain_generate']:.2f}" if row["setting"] == "student generate" else ""
+        table.add_row(row["setting"], f"{row['tokens_per_second']:.1f}", plain,
+                      f"{row['relative_to_student_generate']:.2f}", "" if share is None else f"{share:.2f}",
+                      ", ".join(f"{r:.1f}" for r in row["runs"]))
     console.print(table)
     console.print(f"sum-of-both-models bound: {bound:.1f} tokens/s")
     out = Path(args.json)

@@ -43,6 +43,7 @@ __all__ = [
     "forward_kl",
     "generalized_jsd",
     "reverse_kl",
+    "rows_divergence",
     "skew_forward_kl",
     "skew_reverse_kl",
     "token_divergence",
@@ -297,6 +298,17 @@ def divergence(
     row_fn = functools.partial(_divergence_rows, kernel, params, _compute_dtype(student_logits, teacher_logits))
     values, index = _map_rows(row_fn, (student_logits, teacher_logits), mask, chunk_size)
     return _reduce(values, index, mask.shape, reduction, num_tokens)
+
+
+def rows_divergence(name: str, student_logits: Tensor, teacher_logits: Tensor, **params) -> Tensor:
+    """Per-row values [N] of divergence ``name`` on logits [N, V] whose every row counts.
+
+    No mask, no gathering, no chunking: the caller (``losses``, which gathers the counted rows and chunks them
+    itself) already did that, and the index copies ``divergence`` makes of [N, V] logits would be wasted.
+    """
+    _check_pair(student_logits, teacher_logits)
+    dtype = _compute_dtype(student_logits, teacher_logits)
+    return _divergence_rows(_kernel(name), params, dtype, student_logits, teacher_logits)
 
 
 def token_divergence(name: str, student_logits: Tensor, teacher_logits: Tensor, **options) -> Tensor:

@@ -5,6 +5,12 @@ divergence run on chunks of ``chunk_tokens`` of them under activation checkpoint
 [chunk, vocab] logits of each model exist at a time, in the forward pass and in the backward pass alike.
 Every loss returns (sum over its tokens) / ``num_tokens``: the caller passes the token count of the whole
 optimizer step, so the per-token mean is taken exactly once.
+
+When a gradient is needed and the head declares its parameters (``forward.output_head`` does), the chunks go
+through ``fused_head.fused_chunk_sum`` instead of checkpointing: each chunk is projected and differentiated once,
+in the forward pass, so neither model's projection is recomputed in the backward pass (same values, same
+gradients, less work). Per chunk the divergence runs straight on the [chunk, V] logits (no masking, no index
+copies: every gathered row counts).
 """
 
 from __future__ import annotations
@@ -33,6 +39,18 @@ def _denominator(num_tokens, fallback: int):
     return float(num_tokens) if num_tokens is not None else float(max(fallback, 1))
 
 
+def _fused_parameters(rows, head):
+    """The head's parameters when the fused path applies (a gradient is needed and the head declared them)."""
+    import torch
+
+    from .fused_head import head_parameters
+
+    params = head_parameters(head)
+    if params is None or not torch.is_grad_enabled():
+        return None
+    return params if rows.requires_grad or any(p.requires_grad for p in params) else None
+
+
 def distill_loss(
     divergence: str,
     student: Forward,
@@ -46,8 +64,12 @@ def distill_loss(
     """Σ over masked tokens of divergence(student ‖ teacher) / num_tokens, e.g. ``distill_loss("fkl", …)``."""
     import torch
 
-    from .divergences import token_divergence
+    from .divergences import rows_divergence
+    from .teacher_cache import CachedTeacher
 
+    if isinstance(teacher, CachedTeacher):  # offline top-k teacher logits (data.teacher_logits)
+        return teacher.distill_loss(divergence, student, mask, num_tokens=num_tokens, chunk_tokens=chunk_tokens,
+                                    **options)
     mask = mask.bool()
     student_rows = student.hidden[mask]                  # [N, H], keeps the graph to the student
     teacher_rows = teacher.hidden[mask]
@@ -57,9 +79,23 @@ def distill_loss(
         student_logits = student.head(student_chunk)
         with torch.no_grad():
             teacher_logits = teacher.head(teacher_chunk)
-        per_token = token_divergence(divergence, student_logits[None], teacher_logits[None], **options)
-        return per_token.sum()
+        return rows_divergence(divergence, student_logits, teacher_logits, **options).sum()
 
+    params = _fused_parameters(student_rows, student.head)
+    if params is not None:
+        from .fused_head import fused_chunk_sum, value_and_grad
+
+        def teacher_logits(chunk):
+            with torch.no_grad():
+                return teacher.head(chunk)
+
+        def fused_chunk(student_chunk, teacher_chunk):
+            # The teacher's logits are made inside value_and_grad, which drops them as soon as it can.
+            return value_and_grad(divergence, student.head(student_chunk), lambda: teacher_logits(teacher_chunk),
+                                  **options)
+
+        total = fused_chunk_sum(fused_chunk, student_rows, (teacher_rows,), params, chunk_tokens)
+        return total / _denominator(num_tokens, student_rows.shape[0])
     for start, end in _chunks(student_rows.shape[0], chunk_tokens):
         total = total + _maybe_checkpoint(chunk_loss, student_rows[start:end], teacher_rows[start:end])
     return total / _denominator(num_tokens, student_rows.shape[0])
@@ -76,9 +112,17 @@ def lm_loss(student: Forward, labels, mask, *, num_tokens=None, chunk_tokens: Op
     total = rows.new_zeros((), dtype=torch.float32)
 
     def chunk_loss(chunk, chunk_targets):
-        logits = student.head(chunk).float()
+        logits = student.head(chunk)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64 (tests)
         return F.cross_entropy(logits, chunk_targets, reduction="sum")
 
+    params = _fused_parameters(rows, student.head)
+    if params is not None:
+        from .fused_head import cross_entropy_value_and_grad, fused_chunk_sum
+
+        total = fused_chunk_sum(lambda chunk, chunk_targets: cross_entropy_value_and_grad(student.head(chunk), chunk_targets),
+                                rows, (targets,), params, chunk_tokens)
+        return total / _denominator(num_tokens, rows.shape[0])
     for start, end in _chunks(rows.shape[0], chunk_tokens):
         total = total + _maybe_checkpoint(chunk_loss, rows[start:end], targets[start:end])
     return total / _denominator(num_tokens, rows.shape[0])

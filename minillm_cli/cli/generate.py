@@ -41,6 +41,15 @@ def generate(
     batch_size: int = typer.Option(8, help="Prompts per batch."),
     dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, … (default: cuda when available)."),
+    save_logits: int = typer.Option(
+        0, "--save-logits", metavar="K",
+        help="Also save the model's top-K log-probabilities of every response token (teacher-forced) to "
+             "OUT.logits.safetensors, for a run's data.teacher_logits; 0 = off.",
+    ),
+    logits_over: str = typer.Option(
+        "auto", help="Responses --save-logits scores: given (the input's outputs, no sampling), generated, or auto "
+                     "(given when every input record has an output).",
+    ),
 ) -> None:
     """Sample a response for every prompt; write JSONL keeping the input fields and adding the generation."""
     from ..generation import SamplingConfig
@@ -64,4 +73,6 @@ def generate(
         batch_size=batch_size,
         dtype=dtype,
         device=device,
+        save_logits=save_logits,
+        logits_over=logits_over,
     )

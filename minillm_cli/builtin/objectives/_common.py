@@ -51,6 +51,22 @@ def weighted_loss(
     student = ctx.student_forward(batch)
     loss = None
     metrics: dict[str, float] = {}
+    if ce_weight and divergence is not None and divergence_weight:
+        # Both terms from one projection of the student's hidden states (fused_head), when that path applies.
+        from ...fused_head import weighted_ce_and_divergence
+        from ...teacher_cache import CachedTeacher
+
+        teacher = ctx.teacher_forward(batch)
+        both = None if isinstance(teacher, CachedTeacher) else weighted_ce_and_divergence(
+            student, teacher, batch.labels, batch.loss_mask, ce_weight=ce_weight, divergence=divergence,
+            divergence_weight=divergence_weight, num_tokens=ctx.num_tokens, chunk_tokens=ctx.chunk_tokens,
+            **divergence_options,
+        )
+        if both is not None:
+            loss, ce, value = both
+            metrics["ce"], metrics[metric or divergence] = float(ce), float(value)
+            return LossOutput(loss, metrics)
+        ctx = _Reuse(ctx, teacher)   # the teacher's forward pass is not run twice
     if ce_weight:
         ce = lm_loss(student, batch.labels, batch.loss_mask, num_tokens=ctx.num_tokens, chunk_tokens=ctx.chunk_tokens)
         metrics["ce"] = float(ce.detach())
@@ -69,6 +85,19 @@ def weighted_loss(
         zero = student.hidden.float().sum() * 0.0
         loss = zero if loss is None else loss + zero
     return LossOutput(loss, metrics)
+
+
+class _Reuse:
+    """A step context whose ``teacher_forward`` returns a forward pass already made."""
+
+    def __init__(self, ctx, teacher):
+        self._ctx, self._teacher = ctx, teacher
+
+    def teacher_forward(self, batch):
+        return self._teacher
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
 
 
 def pad_id_of(batch) -> int:

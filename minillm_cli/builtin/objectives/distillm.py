@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...objective import LossOutput, Objective, StepContext, option
-from ._common import in_unit_interval, non_negative, pad_id_of, weighted_loss
+from ._common import in_unit_interval, needs_by_options, non_negative, pad_id_of, weighted_loss
 
 LOSS_TYPES = ("srkl", "skl")
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
@@ -65,7 +65,11 @@ class DistiLLM(Objective):
         "github.com/jongwooko/distillm)."
     )
     Options = DistiLLMOptions
-    needs = frozenset({"gold", "teacher", "student_samples"})
+    # Student samples only when the schedule can ever use them (φ starts above 0 or can rise).
+    needs = needs_by_options(
+        {"gold", "teacher", "student_samples"},
+        lambda o: {"gold", "teacher"} | ({"student_samples"} if o.init_threshold > 0 or o.threshold_step > 0 else set()),
+    )
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -24,11 +24,12 @@ on every process (``ctx.sum_over_processes``), as the reference code's global wh
 Language-modelling loss L_PT (``lm_weight``, 1 as in the paper: L = L_pg + L_single + L_PT; 0 = the "no L_PT"
 ablation): per micro-batch one batch of packed plain-text chunks from ``ctx.lm_batch()`` (every token counts),
 term = (1 − lm_kd_ratio)·CE + lm_kd_ratio·FKL(p ‖ q_θ) on that text (lm_kd_ratio 0 = the paper's plain CE; the
-LMOps code uses 0.5). L_PT is a separate mean, not part of the rollout tokens, so it is normalised by the LM
-batch's own token count and then scaled by (rollout tokens of this micro-batch / ``ctx.num_tokens``): summed over
-the step's micro-batches (and processes) that gives the rollout-token-weighted average of the per-LM-batch means,
-i.e. L_PT enters the step's loss with weight ``lm_weight`` whatever the split into micro-batches. (A micro-batch
-without rollout tokens therefore contributes no L_PT.)
+LMOps code uses 0.5). L_PT is a separate mean, not part of the rollout tokens: ``prepare_step`` fetches the step's
+LM batches up front and sums their tokens (and the rollout tokens) over micro-batches and processes, so L_PT is
+one per-token mean over every plain-text token of the step, with weight ``lm_weight``, whatever the split into
+micro-batches and processes (the same parameters after a step on 1 or 2 processes). Called without that plan
+(``loss`` on a bare rollout batch), the LM batch's own mean is scaled by (rollout tokens of this micro-batch /
+``ctx.num_tokens``).
 
 ``state_dict`` holds the stored rollout buffer (CPU tensors, lists, plain values) and its use counter, so a run
 resumed in the middle of a buffer's PPO epochs continues with the same rollouts.
@@ -258,6 +259,7 @@ class MiniLLM(Objective):
         super().__init__(options)
         self._rollouts: list = []
         self._uses = 0
+        self._lm_plan: dict = {}   # id(rollout batch) -> (its LM batch, token ratio) for this step (_plan_lm)
 
     def prepare_step(self, batches, ctx: StepContext):
         """The step's rollout buffer: fresh teacher-mixed rollouts for the incoming prompts (one per micro-batch,
@@ -271,7 +273,26 @@ class MiniLLM(Objective):
         if self._rollouts[0].input_ids.device != device:      # restored from a checkpoint (CPU)
             self._rollouts = [rollout.to(device) for rollout in self._rollouts]
         self._uses += 1
+        if self.options.lm_weight <= 0:
+            return list(self._rollouts)
+        self._plan_lm(self._rollouts, ctx)
         return list(self._rollouts)
+
+    def _plan_lm(self, rollouts, ctx: StepContext):
+        """Fetch the step's LM batches (one per micro-batch) up front and count their tokens over micro-batches and
+        processes, so that L_PT is one per-token mean over every plain-text token of the step, whatever the split
+        into micro-batches and processes. Each micro-batch gets (its LM batch, Σ rollout tokens / Σ LM tokens),
+        kept by the batch's identity for ``loss``: with ``ctx.num_tokens`` = rollout tokens (per process share), Σ CE · that ratio / ctx.num_tokens
+        summed over micro-batches and processes is Σ CE / Σ LM tokens."""
+        import torch
+
+        lm_batches = [ctx.lm_batch() for _ in rollouts]
+        device = rollouts[0].input_ids.device
+        counts = torch.tensor([float(sum(r.num_tokens for r in rollouts)), float(sum(b.num_tokens for b in lm_batches))],
+                              dtype=torch.float64, device=device)
+        rollout_tokens, lm_tokens = ctx.sum_over_processes(counts).tolist()
+        ratio = max(rollout_tokens, 1.0) / max(lm_tokens, 1.0)
+        self._lm_plan = {id(r): (b, ratio) for r, b in zip(rollouts, lm_batches)}
 
     def prepare_batch(self, batch, ctx: StepContext):
         """One micro-batch per step (grad_accum 1): ``prepare_step`` on it alone."""
@@ -285,15 +306,21 @@ class MiniLLM(Objective):
         self._rollouts = [batch_from_state(rollout) for rollout in state.get("rollouts", [])]
         self._uses = int(state.get("uses", 0))
 
-    def lm_term(self, ctx: StepContext, share: float):
-        """L_PT on the next LM batch (fetched once per call): ((1 − r)·CE + r·FKL) summed over its tokens, divided
-        by its own token count, times ``share`` (this rollout micro-batch's tokens / ``ctx.num_tokens``, so that
-        the micro-batches of a step add up to the per-token mean). Returns (term, metrics)."""
+    def lm_term(self, ctx: StepContext, share: float, plan=None):
+        """L_PT on the next LM batch: ((1 − r)·CE + r·FKL) summed over its tokens, divided by its own token count,
+        times ``share`` (this rollout micro-batch's tokens / ``ctx.num_tokens``, so that the micro-batches of a step
+        add up to the per-token mean). With the step's ``plan`` (``prepare_step``: the LM batch fetched up front and
+        Σ rollout / Σ LM tokens of the step, over processes) the sum is divided by ``ctx.num_tokens`` / that
+        ratio instead: one per-token mean over all the step's plain text. Returns (term, metrics)."""
         from ...losses import distill_loss, lm_loss
 
         o = self.options
-        lm_batch = ctx.lm_batch()
-        lm_tokens = max(float(lm_batch.num_tokens), 1.0)
+        if plan is not None:
+            lm_batch, ratio = plan
+            lm_tokens, share = float(ctx.num_tokens) / ratio, 1.0
+        else:
+            lm_batch = ctx.lm_batch()
+            lm_tokens = max(float(lm_batch.num_tokens), 1.0)
         student = ctx.student_forward(lm_batch)
         metrics = {}
         term = student.hidden.float().sum() * 0.0           # keeps a graph even when every term is skipped
@@ -373,7 +400,7 @@ class MiniLLM(Objective):
             loss = loss + single
             metrics["single"] = float(single.detach())
         if o.lm_weight > 0:
-            lm, lm_metrics = self.lm_term(ctx, float(mask.sum()) / denominator)
+            lm, lm_metrics = self.lm_term(ctx, float(mask.sum()) / denominator, self._lm_plan.pop(id(batch), None))
             loss = loss + o.lm_weight * lm
             metrics.update(lm_metrics)
         with torch.no_grad():
