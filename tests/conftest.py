@@ -23,16 +23,9 @@ HELD_OUT = [
 
 def run_cli(capsys, *args):
     """Run ``minillm ARGS`` in-process: (exit status, stdout, stderr)."""
-    from minillm_cli.cli import main
+    from minillm_cli.pytest_plugin import run_cli as run
 
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run(capsys, *args)
 
 
 BUILTIN_FAMILIES = ["gpt2", "opt", "llama", "mistral", "qwen2", "gemma", "smollm2"]
@@ -51,40 +44,44 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# The fixtures minillm ships to plugin authors (minillm_cli/pytest_plugin.py, the `pytest11` entry point "minillm")
+# are minillm's own test fixtures too; the short names below are what the tests have always used.
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("minillm"):   # not installed with its entry point: `pip install -e .`
+        config.pluginmanager.import_plugin("minillm_cli.pytest_plugin")
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
+def tiny_models(minillm_tiny_models):
     """family -> directory of a tiny random-init model of that family, built once per session."""
-    from minillm_cli.testing import make_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    cache: dict[str, Path] = {}
-
-    def get(family: str = "llama", **kwargs) -> Path:
-        key = family + "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
-        if key not in cache:
-            # The directory name carries the family name, as real checkpoints' names do (smollm2 is detected so).
-            cache[key] = make_tiny_model(root / f"tiny-{key}", family, **kwargs)
-        return cache[key]
-
-    return get
+    return minillm_tiny_models
 
 
 @pytest.fixture
-def register_plugin():
-    """Register a plugin object for one test; unregistered afterwards."""
-    from minillm_cli.plugins import load_plugins, pm
+def register_plugin(minillm_plugin):
+    """``register(plugin, name)``: register a plugin object for one test; unregistered afterwards."""
+    return minillm_plugin
 
-    load_plugins()
-    added = []
 
-    def register(plugin, name: str):
-        pm.register(plugin, name=name)
-        added.append(plugin)
-        return plugin
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGINS = sorted(p for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml").is_file())
 
-    yield register
-    for plugin in added:
-        pm.unregister(plugin)
+
+@pytest.fixture(scope="session")
+def example_plugins(tmp_path_factory):
+    """Every example plugin under plugins/, installed once per session by a real ``pip install`` (no dependencies,
+    no network) into a directory of its own, so the shared environment is left alone: ``.site`` is that directory,
+    ``.env`` the environment in which subprocesses see the plugins (and their entry points), ``.projects`` their
+    source directories."""
+    import types
+
+    from minillm_cli.pytest_plugin import env_with, pip_install
+
+    site = pip_install(EXAMPLE_PLUGINS, tmp_path_factory.mktemp("plugins") / "site")
+    env = env_with(site, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return types.SimpleNamespace(site=site, env=env, projects=EXAMPLE_PLUGINS)
 
 
 @pytest.fixture(scope="session")

@@ -1,48 +1,73 @@
-"""The example plugin under plugins/ loads through its entry point and its family resolves a real model."""
+"""The example third-party plugins under plugins/: each its own package, installed by pip, loaded through its
+``minillm`` entry point only, listed by ``minillm plugins``, and passing its own tests.
+
+The plugins' own tests (plugins/*/tests) run ``minillm distill --objective abdiv`` and ``minillm eval --suite
+lengthstats`` on tiny models and load a tiny Phi-3 model through the phi3 family; here they run against the
+pip-installed copies (the ``example_plugins`` fixture in conftest.py installs them once per session).
+"""
 
 import json
-import os
+import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PLUGIN = REPO / "plugins" / "minillm-phi3"
+import pytest
+from conftest import EXAMPLE_PLUGINS, REPO
 
-
-def _installed_like(tmp_path: Path) -> Path:
-    """A dist-info for the example plugin, as pip would write it, pointing at the plugin's source."""
-    info = tmp_path / "minillm_phi3-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: minillm-phi3\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[minillm]\nphi3 = minillm_phi3\n")
-    return tmp_path
+# distribution -> (entry point name, module, hooks it implements, what it registers: (registry, name))
+EXPECTED = {
+    "minillm-phi3": ("phi3", "minillm_phi3", ["register_model_families"], ("model_families", "phi3")),
+    "minillm-abdiv": ("abdiv", "minillm_abdiv", ["register_objectives"], ("objectives", "abdiv")),
+    "minillm-lengthstats": ("lengthstats", "minillm_lengthstats", ["register_evaluators"], ("evaluators", "lengthstats")),
+}
 
 
-def test_example_plugin_registers_phi3_and_resolves_a_phi3_model(tmp_path):
-    import transformers
+def test_every_example_is_a_package_of_its_own_registered_through_the_entry_point_only():
+    tomllib = pytest.importorskip("tomllib")     # Python ≥ 3.11
+    names = set()
+    for project in EXAMPLE_PLUGINS:
+        meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        names.add(meta["name"])
+        entry_point, module, _, _ = EXPECTED[meta["name"]]
+        assert meta["entry-points"]["minillm"] == {entry_point: module}
+        assert "minillm" in meta["dependencies"]
+        assert (project / f"{module}.py").is_file() and (project / "README.md").is_file()
+        assert list((project / "tests").glob("test_*.py")), f"{project.name} has no tests"
+    assert names == set(EXPECTED)
+    # minillm itself never names them: they come in through the entry-point group alone.
+    source = "\n".join(p.read_text() for p in (REPO / "minillm_cli").rglob("*.py"))
+    for _, module, _, _ in EXPECTED.values():
+        assert module not in source
 
-    from minillm_cli.testing import make_tiny_tokenizer
 
-    site = _installed_like(tmp_path / "site")
-    model_dir = tmp_path / "tiny-phi3"
-    config = transformers.Phi3Config(
-        vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+def test_installed_examples_are_listed_with_their_versions_and_hooks(example_plugins):
+    script = (
+        "from minillm_cli.cli import main\n"
+        "for args in (['plugins', '--json'], ['plugins']):\n"
+        "    try:\n        main(args)\n    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+        "    print('\\f')\n"
     )
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
-    make_tiny_tokenizer().save_pretrained(model_dir)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PLUGIN), str(REPO)]), "HF_HUB_OFFLINE": "1"}
-    listing = subprocess.run([sys.executable, "-m", "minillm_cli", "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
-    assert listing.returncode == 0, listing.stderr
-    data = json.loads(listing.stdout)
-    assert {"name": "phi3", "version": "0.1.0", "hooks": ["register_model_families"]} in data["plugins"]
-    assert "phi3" in data["model_families"]
-    code = (
-        "from minillm_cli.models import resolve_model, load_model; import sys\n"
-        f"ref = resolve_model({str(model_dir)!r}); assert ref.family.name == 'phi3', ref.family.name\n"
-        "assert resolve_model('phi3-mini').source == 'microsoft/Phi-3-mini-4k-instruct'\n"
-        "load_model(ref); print('ok')\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=example_plugins.env,
+                            cwd=example_plugins.site.parent, timeout=180)
+    assert result.returncode == 0, result.stderr
+    as_json, table, _ = result.stdout.split("\f")
+    listing = json.loads(as_json)
+    rows = {row["name"]: row for row in listing["plugins"]}
+    for entry_point, _, hooks, (registry, name) in EXPECTED.values():
+        assert rows[entry_point] == {"name": entry_point, "version": "0.1.0", "hooks": hooks}
+        assert name in listing[registry]
+        assert entry_point in table and name in table
+
+
+def test_examples_pass_their_own_tests_when_installed(example_plugins):
+    """Each example's tests/ run as its author would run them (``pytest`` with minillm's pytest plugin providing
+    the fixtures), against the installed copy: a test that needs the installation skips without it, so none
+    may skip here."""
+    tests = [str(project / "tests") for project in example_plugins.projects]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--import-mode=importlib", *tests],
+        capture_output=True, text=True, env=example_plugins.env, cwd=example_plugins.site.parent, timeout=600,
     )
-    resolved = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert resolved.returncode == 0 and resolved.stdout.strip() == "ok", resolved.stderr
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "skipped" not in summary and re.search(r"\d+ passed", summary), summary
