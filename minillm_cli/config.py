@@ -26,7 +26,17 @@ class DataConfig:
     max_response_tokens: int = option(256, "Gold responses are truncated to this many tokens.")
     lm_corpus: Optional[str] = option(None, "Plain-text corpus for objectives with a language-modelling term.")
     lm_chunk_tokens: int = option(512, "Length of the packed plain-text chunks.")
+    teacher_logits: Optional[str] = option(None, "Cached top-k teacher log-probabilities (`minillm generate --save-logits K` writes X.logits.safetensors): kd, rkl, gkd (lmbda 0) and distillm (off-policy) train from them without loading the teacher.")
     seed: int = option(0, "Seed of the train/validation split.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = option(0, "LoRA rank of the student's adapters (peft); 0 = full fine-tuning, no adapters.")
+    alpha: float = option(16.0, "LoRA scaling α: the adapter's update is scaled by α / r.")
+    dropout: float = option(0.0, "Dropout on the adapter's input.")
+    target_modules: Optional[list] = option(None, "Module names to adapt, e.g. [q_proj, v_proj]; null = every linear layer of the blocks (peft's 'all-linear').")
+    merge_on_export: bool = option(True, "Exports (final, best) hold the merged full model with the adapter in adapter/; false: the adapter only (merge it later with `minillm convert merge-lora`).")
 
 
 @dataclass
@@ -47,6 +57,8 @@ class TrainConfig:
     teacher_dtype: str = option("fp32", "Teacher weights dtype: fp32, bf16 or fp16.")
     chunk_tokens: Optional[int] = option(1024, "Tokens per chunk when computing losses over the vocabulary; null = all at once.")
     seed: int = option(0, "Seed of initialisation order, sampling and data order.")
+    max_bad_steps: int = option(5, "Stop after this many steps in a row with a NaN/Inf loss or gradient (each is skipped: no update); 0 = never stop.")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapters on the student (train.lora.r > 0); needs peft (the scale extra)."})
 
 
 @dataclass
@@ -67,12 +79,27 @@ class EvalConfig:
     max_new_tokens: int = option(64, "New tokens per validation response (greedy decoding).")
     select_by: str = option("rougeL", "Best checkpoint by 'rougeL' (higher is better) or 'loss' (lower).")
     before_after: bool = option(True, "Evaluate the student before training and at the end, side by side.")
+    suites: list = field(default_factory=list, metadata={"help": "Extra evaluation suites (evaluator plugins, as in `minillm eval --suite`) run at each validation, e.g. [selfinst]; logged as valid_<suite>_<metric>."})
+    suite_examples: int = option(16, "Examples per extra suite at each validation.")
+    suite_seeds: list = field(default_factory=lambda: [10], metadata={"help": "Generation seeds of the extra suites (sampling as the paper, max_new_tokens above)."})
+    data_dir: Optional[str] = option(None, "Where the extra suites find their data, like `minillm eval --data-dir`.")
 
 
 @dataclass
 class CheckpointConfig:
     every: int = option(40, "Save a resumable checkpoint every N steps; 0 = only at the end and on Ctrl-C.")
     keep: int = option(2, "Resumable checkpoints kept (the oldest are deleted).")
+
+
+@dataclass
+class ParallelConfig:
+    engine: str = option("accelerate", "accelerate (data parallel: every process holds the whole student) or deepspeed (ZeRO: optimizer state, gradients and, at stage 3, parameters partitioned across processes).")
+    zero_stage: int = option(2, "ZeRO stage with engine deepspeed: 0 (plain data parallel), 1 (optimizer state), 2 (+ gradients) or 3 (+ parameters).")
+    offload_optimizer: str = option("none", "engine deepspeed: keep the optimizer state in 'cpu' memory or on 'nvme' (nvme_path); 'none' keeps it on the device.")
+    offload_params: str = option("none", "engine deepspeed, ZeRO-3: keep the parameters in 'cpu' memory or on 'nvme'; 'none' keeps them on the device.")
+    nvme_path: Optional[str] = option(None, "Directory for nvme offloading.")
+    deepspeed_config: Optional[str] = option(None, "A DeepSpeed JSON config of your own (engine deepspeed); minillm fills its batch sizes, accumulation, clipping and precision from train ('auto' or absent), and refuses optimizer/scheduler sections (train.* defines them).")
+    teacher_shard: str = option("none", "none (each process holds the whole teacher), device_map (each process spreads the teacher over its visible GPUs) or zero3 (the teacher partitioned across processes, DeepSpeed ZeRO-3 inference).")
 
 
 @dataclass
@@ -83,12 +110,14 @@ class DistillConfig:
     teacher_family: Optional[str] = option(None, "Teacher's model family when it cannot be detected.")
     student_family: Optional[str] = option(None, "Student's model family when it cannot be detected.")
     trim_vocab: bool = option(False, "Distil over the shared vocabulary when the logit widths differ.")
+    trust_remote_code: bool = option(False, "Run Python code shipped with the teacher/student (auto_map); only for models you trust.")
     objective: dict = option(None, "Objective name and options: {name: kd, ratio: 0.5}.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Sampling."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Validation."})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "Checkpoints."})
+    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"help": "Training across processes and machines: engine, ZeRO, offloading, teacher sharding (docs/scaling.md)."})
     output_dir: str = option("runs/default", "Where checkpoints, the exported students and metrics go.")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1, …; null picks cuda when available.")
 

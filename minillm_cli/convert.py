@@ -351,7 +351,7 @@ def _load_tokenizer(ref: ModelRef):
     from .models import _hub_error
 
     try:
-        return AutoTokenizer.from_pretrained(ref.source, **ref.load_kwargs())
+        return AutoTokenizer.from_pretrained(ref.source, trust_remote_code=False, **ref.load_kwargs())
     except Exception as exc:  # noqa: BLE001 - a missing tokenizer surfaces as OSError, ValueError, TypeError ...
         if ref.local:
             return None
@@ -451,7 +451,7 @@ def _save_and_verify(
         del model
         _free_memory(parameters)
 
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=target)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=target, trust_remote_code=False)
         reloaded.eval()
         result = probe_logits(reloaded)
         del reloaded
@@ -466,7 +466,7 @@ def _save_and_verify(
                 f"(tolerance {tolerance:.3g}); '{out}' was not written"
             )
         if tokenizer is not None:
-            saved_ids = _encode(AutoTokenizer.from_pretrained(tmp), PROBE_TEXT)
+            saved_ids = _encode(AutoTokenizer.from_pretrained(tmp, trust_remote_code=False), PROBE_TEXT)
             if saved_ids != probe_ids:
                 raise MinillmError(
                     f"verification failed: the saved tokenizer encodes '{PROBE_TEXT}' as {saved_ids}, the source's "

@@ -32,10 +32,13 @@ def ensure_hf_directory(ref, console=None):
     source = Path(ref.source) / ref.gguf_file
     name = ref.spec.lower() if ref.spec.lower() in ref.family.aliases else f"{source.stem}-{_digest(source.resolve(), source.stat().st_size)}"
     target = models_home() / name
-    if not (target / "config.json").is_file():
-        if console:
-            console.print(f"converting {source.name} to a Hugging Face directory in {target} (once)")
-        convert_gguf(str(source), target, overwrite=True)
+    from .distributed import file_lock, lock_path
+
+    with file_lock(lock_path(target)):   # the processes of a run convert it once
+        if not (target / "config.json").is_file():
+            if console:
+                console.print(f"converting {source.name} to a Hugging Face directory in {target} (once)")
+            convert_gguf(str(source), target, overwrite=True)
     return resolve_model(str(target), family=ref.family.name)
 
 
@@ -47,10 +50,13 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
 
     source = Path(teacher_ref.source).resolve() if teacher_ref.local else teacher_ref.source
     target = models_home() / "students" / f"{Path(str(source)).name}-{num_layers}L-{_digest(source, num_layers)}"
-    if not (target / "config.json").is_file():
-        if console:
-            console.print(f"cutting a {num_layers}-layer student from {teacher_ref.spec} into {target} (once)")
-        cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True)
+    from .distributed import file_lock, lock_path
+
+    with file_lock(lock_path(target)):   # the processes of a run cut it once
+        if not (target / "config.json").is_file():
+            if console:
+                console.print(f"cutting a {num_layers}-layer student from {teacher_ref.spec} into {target} (once)")
+            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True)
     return resolve_model(str(target), family=teacher_ref.family.name)
 
 
@@ -67,20 +73,37 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
 
     objective = get_objective(config.objective["name"])(objective_options)
     needs = set(objective.needs)
+    teacher_cache = None
+    if config.data.teacher_logits:
+        from .teacher_cache import TeacherCache, check_objective
+
+        check_objective(objective)
+        teacher_cache = TeacherCache.load(config.data.teacher_logits)
+        needs.discard("teacher")   # the cached log-probabilities stand in for it: the teacher is never loaded
     teacher_ref = ensure_hf_directory(resolve_model(config.teacher, config.teacher_family), console)
     if config.student is None:
         student_ref = student_from_teacher(teacher_ref, config.student_layers, console)
     else:
         student_ref = ensure_hf_directory(resolve_model(config.student, config.student_family), console)
-    tokenizer = load_tokenizer(student_ref)
+    trust = config.trust_remote_code   # off unless the user asked: model code is arbitrary Python
+    tokenizer = load_tokenizer(student_ref, trust_remote_code=trust)
     uses_teacher = bool(needs & {"teacher", "teacher_samples", "mixed_samples"})
     teacher = None
     width = None
-    student = load_model(student_ref, trainable=True)
+    student = load_model(student_ref, trainable=True, trust_remote_code=trust)
+    if config.train.lora.r > 0:   # only the adapters train (docs/scaling.md)
+        from .lora import apply_lora
+
+        student = apply_lora(student, config.train.lora, seed=config.train.seed)
     if uses_teacher:
         # Checked before any forward pass: token-level objectives compare distributions entry by entry.
-        teacher_tokenizer = load_tokenizer(teacher_ref)
-        teacher = load_model(teacher_ref, dtype=config.train.teacher_dtype)
+        teacher_tokenizer = load_tokenizer(teacher_ref, trust_remote_code=trust)
+        placement = None
+        if config.parallel.teacher_shard == "device_map":   # a teacher larger than one device, spread over several
+            from .distributed import teacher_device_map
+
+            placement = teacher_device_map()
+        teacher = load_model(teacher_ref, dtype=config.train.teacher_dtype, trust_remote_code=trust, placement=placement)
         check = check_vocab(
             teacher_tokenizer, tokenizer, logit_width(teacher), logit_width(student), trim=config.trim_vocab
         )
@@ -92,6 +115,11 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
 
     data_cfg = config.data
     examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit)
+    if not examples:
+        raise MinillmError(
+            f"no training examples in '{data_cfg.train}' (it is empty, or holds only blank lines or a header); "
+            "give data.train a file with instruction and output records"
+        )
     if data_cfg.valid:
         train_examples = examples
         valid_examples = load_instructions(data_cfg.valid, fields=data_cfg.fields)
@@ -121,6 +149,8 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
+    if teacher_cache is not None:
+        teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
     if "lm_chunks" in needs:
         lm_chunks = pack_texts(load_texts(data_cfg.lm_corpus or "default"), tokenizer, chunk_tokens=data_cfg.lm_chunk_tokens)
@@ -135,6 +165,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
         progress=progress,
     )
+    engine.teacher_cache = teacher_cache
     counts = {
         "train": len(train_tok.examples), "valid": len(valid_tok.examples),
         "dropped_long_prompts": train_tok.dropped_long_prompt + valid_tok.dropped_long_prompt,

@@ -113,40 +113,45 @@ class Engine:
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
     ):
         import torch
-        from accelerate import Accelerator
+
+        from . import distributed
 
         self.config, self.objective, self.tokenizer, self.data = config, objective, tokenizer, data
         self.vocab_width, self.output_dir, self.config_yaml = vocab_width, Path(output_dir), config_yaml
         train = config.train
-        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[train.precision]
         if accelerator is None:
-            from accelerate.state import AcceleratorState
-
-            # accelerate keeps one global state per process; an earlier engine in the same process (a library
-            # user's, a test's) would otherwise pin its precision on this one. The process group is kept.
-            AcceleratorState._reset_state()
-            accelerator = Accelerator(
-                mixed_precision=precision, cpu=(config.device == "cpu" or not torch.cuda.is_available())
-            )
+            # DDP or DeepSpeed ZeRO (parallel.engine); accelerate's global state is reset first (distributed.py).
+            accelerator = distributed.make_accelerator(config)
         self.accelerator = accelerator
         self.device = self.accelerator.device
         self.console = console
         self.show_progress = progress
-        self.rng = random.Random(train.seed)
-        torch.manual_seed(train.seed)
+        self.rng = random.Random(train.seed)   # the same on every process: objectives' choices must agree
+        torch.manual_seed(distributed.process_seed(train.seed, self.accelerator.process_index))
         self.stream = ExampleStream(
             data.train, train.batch_size, train.seed, self.accelerator.process_index, self.accelerator.num_processes
         )
         self.total_steps = train.steps or max(1, math.ceil(train.epochs * self.stream.batches_per_epoch() / train.grad_accum))
-        self.teacher = teacher.to(self.device) if teacher is not None else None
+        self.teacher = distributed.place_teacher(teacher, config, self.accelerator)
+        self.teacher_partitioned = distributed.is_partitioned(self.teacher)
+        self.teacher_cache = None  # a teacher_cache.TeacherCache in place of the teacher (data.teacher_logits)
+        # The fused AdamW kernel makes one pass over the parameters instead of about ten (on a CPU ~6× faster for
+        # SmolLM2's student, ~1 s a step); DeepSpeed manages the optimizer's tensors itself, so not under it.
+        fused = self.device.type in ("cpu", "cuda") and getattr(self.accelerator.state, "deepspeed_plugin", None) is None
         optimizer = torch.optim.AdamW(
             [p for p in student.parameters() if p.requires_grad], lr=train.lr, betas=tuple(train.betas),
-            eps=train.eps, weight_decay=train.weight_decay,
+            eps=train.eps, weight_decay=train.weight_decay, fused=fused or None,
         )
         from .schedules import make_scheduler
 
         scheduler = make_scheduler(optimizer, train.schedule, self.total_steps, train.warmup_steps, train.lr, train.min_lr)
-        self.student, self.optimizer, self.scheduler = self.accelerator.prepare(student, optimizer, scheduler)
+        # The student's body (hidden states) runs inside the DDP/ZeRO wrapper; self.model is the model itself
+        # (a PEFT model with LoRA adapters when train.lora.r > 0), for exports.
+        self.model = student
+        self.zero_stage = distributed.zero_stage(self.accelerator)
+        self.student, self.optimizer, self.scheduler = self.accelerator.prepare(
+            distributed.student_body(distributed.inner_model(student)), optimizer, scheduler
+        )
         self.state = TrainerState()
         g = config.generation
         self.sampling = SamplingConfig(
@@ -159,18 +164,31 @@ class Engine:
     # --- services offered to objectives -------------------------------------------------------------------
 
     def _unwrapped(self):
-        return self.accelerator.unwrap_model(self.student)
+        """The student's transformers model (with its LoRA adapters injected, if any), outside any wrapper."""
+        return self.accelerator.unwrap_model(self.student).lm
 
     def student_forward(self, batch: Batch):
-        return forward_hidden(self.student, batch, self.vocab_width)
+        from .forward import Forward, output_head
+
+        head = output_head(self._unwrapped(), self.vocab_width)
+        if self.zero_stage == 3:
+            head.parameters = None   # partitioned weights: the fused head path needs whole ones (checkpointed path)
+        return Forward(self.student(**batch.model_inputs()), head)
 
     def teacher_forward(self, batch: Batch):
         import torch
 
+        if self.teacher is None and self.teacher_cache is not None:  # data.teacher_logits: no teacher loaded
+            return self.teacher_cache.for_batch(batch)
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' uses the teacher but does not declare it in needs")
         with torch.inference_mode():
-            return forward_hidden(self.teacher, batch, self.vocab_width)
+            forward = forward_hidden(self.teacher, batch, self.vocab_width)
+        if self.teacher_partitioned:   # ZeRO-3 teacher: one gather of its head, not one collective per chunk
+            from .distributed import gathered_head
+
+            forward.head = gathered_head(self.teacher, self.vocab_width)
+        return forward
 
     def _sample(self, model, batch: Batch, source: str) -> Batch:
         results = generate(model, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
@@ -192,10 +210,22 @@ class Engine:
 
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
+        from . import distributed
+
+        # Under ZeRO-3 every forward pass is a collective: partitioned models decode in lock step across processes.
+        student, teacher = self._unwrapped(), self.teacher
+        views = []
+        if self.zero_stage == 3:
+            student = distributed.lockstep(student, self.accelerator)
+            views.append(student)
+        if self.teacher_partitioned:
+            teacher = distributed.lockstep(teacher, self.accelerator)
+            views.append(teacher)
         rollouts = sample_rollouts(
-            self._unwrapped(), self.teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
+            student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
             batch_size=len(batch.prompts), vocab_width=self.vocab_width,
         )
+        distributed.drain(views, self.device)
         return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)
 
     def lm_batch(self) -> Batch:
@@ -205,8 +235,10 @@ class Engine:
         if not chunks:
             raise RuntimeError(f"objective '{self.objective.name}' needs lm_chunks but no data.lm_corpus is set")
         size = self.config.train.batch_size
-        rows = [chunks[(self.state.lm_position + i) % len(chunks)] for i in range(size)]
-        self.state.lm_position = (self.state.lm_position + size) % len(chunks)
+        # Each process takes its own slice of a global batch of size × processes chunks, as ExampleStream does.
+        start = self.state.lm_position + self.accelerator.process_index * size
+        rows = [chunks[(start + i) % len(chunks)] for i in range(size)]
+        self.state.lm_position = (self.state.lm_position + size * self.accelerator.num_processes) % len(chunks)
         batch = make_batch([[r[0]] for r in rows], [r[1:] for r in rows], self.tokenizer.pad_token_id, source="text")
         return batch.to(self.device)
 
@@ -216,7 +248,10 @@ class Engine:
     def _context(self, num_tokens: float) -> StepContext:
         return StepContext(
             step=self.state.step, num_tokens=num_tokens, student=self.student, teacher=self.teacher,
-            vocab_width=self.vocab_width, chunk_tokens=self.config.train.chunk_tokens,
+            vocab_width=self.vocab_width,
+            # ZeRO-3: the student's head is gathered at each call, a collective; one chunk per loss keeps the
+            # number of calls the same on every process.
+            chunk_tokens=None if self.zero_stage == 3 else self.config.train.chunk_tokens,
             student_forward=self.student_forward, teacher_forward=self.teacher_forward,
             sample_student=self.sample_student, sample_teacher=self.sample_teacher, sample_mixed=self.sample_mixed,
             lm_batch=self.lm_batch, reduce_sum=self._reduce_sum,
@@ -227,6 +262,8 @@ class Engine:
 
     def train_step(self) -> dict:
         import torch
+
+        from . import distributed
 
         train = self.config.train
         micro = []
@@ -247,20 +284,50 @@ class Engine:
         # so the loss is Σ tokens / global tokens: a per-token mean taken exactly once (REFERENCE §6's pitfall).
         ctx.num_tokens = max(global_tokens, 1.0) / self.accelerator.num_processes
         totals: dict[str, float] = {"loss": 0.0}
+        deepspeed = distributed.uses_deepspeed(self.accelerator)
         for index, batch in enumerate(micro):
             sync = index == len(micro) - 1
             context = self.accelerator.no_sync(self.student) if not sync else contextlib.nullcontext()
             with context, self.accelerator.autocast():
                 output = self.objective.loss(batch, ctx)
-            self.accelerator.backward(output.loss)
+            if deepspeed:
+                # DeepSpeed reduces and steps inside backward at the last micro-batch; the loss is already a
+                # share of the step's per-token mean, so DeepSpeed must not divide it by the accumulation again.
+                self.accelerator.gradient_state._set_sync_gradients(sync)
+                self.accelerator.backward(output.loss, scale_wrt_gas=False)
+            else:
+                self.accelerator.backward(output.loss)
             totals["loss"] += float(output.loss.detach())
             for key, value in output.metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
+        totals = distributed.mean_over_processes(self.accelerator, totals)   # the step's global loss and metrics
         if train.max_grad_norm and train.max_grad_norm > 0:
             totals["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.student.parameters(), train.max_grad_norm))
         totals["lr"] = self.scheduler.get_last_lr()[0]  # the rate this step used
-        self.optimizer.step()
-        self.scheduler.step()
+        # A NaN/Inf loss term or gradient skips the update. fp16's GradScaler already skips overflowing gradients
+        # (and lowers its scale), so under fp16 only the loss counts; the flag is summed so every rank agrees.
+        from .numerics import grads_finite, nonfinite_term
+
+        scaled = train.precision == "fp16"
+        bad = nonfinite_term({k: v for k, v in totals.items() if not scaled or k != "grad_norm"})
+        if bad is None and not scaled and "grad_norm" not in totals and not grads_finite(self.student.parameters()):
+            bad = "gradient"
+        flag = self.accelerator.reduce(torch.tensor([float(bad is not None)], device=self.device), "sum")
+        if float(flag.sum()) > 0:
+            self.state.skipped_steps += 1
+            self.state.bad_steps_in_row += 1
+            self.state.last_bad_term = bad or "loss (on another process)"
+            totals["skipped_steps"] = self.state.skipped_steps
+            if scaled:  # the scaler sees the non-finite gradients and skips (the scheduler follows); it must still update
+                self.optimizer.step()
+                self.scheduler.step()
+            # Otherwise the schedule waits too, as DeepSpeed's does on an overflow: skipped steps use no learning rate.
+        else:
+            self.state.bad_steps_in_row = 0
+            if self.state.skipped_steps:
+                totals["skipped_steps"] = self.state.skipped_steps
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += int(global_tokens)
@@ -311,6 +378,10 @@ class Engine:
                 texts = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
                 refs = self.data.valid_references[: len(rouge_examples)]
                 results["valid_rougeL"] = corpus_rouge_l(texts, refs)
+            if cfg.suites:  # extra suites through the evaluator plugins, as `minillm eval` runs them
+                from .evaluation.validation import run_suites
+
+                results.update(run_suites(self, model))
         finally:
             model.train(was_training)
         return results
@@ -358,24 +429,25 @@ class Engine:
             self._tensorboard = None
 
     def save(self) -> Path:
-        self.accelerator.wait_for_everyone()
-        path = None
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(
-                self.output_dir, self.state, self._unwrapped(), self.optimizer, self.scheduler, self.objective,
-                self.rng, self.config_yaml, keep=self.config.checkpoint.keep,
-            )
-        self.accelerator.wait_for_everyone()
-        return path
+        """One checkpoint, written by the main process (with DeepSpeed, every process adds its ZeRO shards);
+        every process's random state goes with it (see ``parallel_checkpoint``)."""
+        from .parallel_checkpoint import save_parallel
+
+        return save_parallel(self, save_checkpoint)
 
     def resume(self, path: Path) -> None:
-        self.state = load_checkpoint(path, self._unwrapped(), self.optimizer, self.scheduler, self.objective, self.rng)
+        """Continue from a checkpoint, on any number of processes (see ``parallel_checkpoint``)."""
+        from .parallel_checkpoint import resume_parallel
+
+        self.state = resume_parallel(self, Path(path), load_checkpoint)
 
     def _export(self, name: str) -> Optional[Path]:
-        if not self.accelerator.is_main_process:
-            return None
+        """A Hugging Face directory of the student (merged, with its adapter, under LoRA); every process takes part
+        (ZeRO-3 gathers the weights), the main one writes."""
+        from .parallel_checkpoint import export_parallel
+
         meta = {"step": self.state.step, "objective": self.objective.name, "best_metric": self.state.best_metric}
-        return export_model(self._unwrapped(), self.tokenizer, self.output_dir / name, meta)
+        return export_parallel(self, self.output_dir / name, meta, export_model)
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
@@ -399,6 +471,14 @@ class Engine:
                 record["tokens_per_second"] = record["sequence_tokens"] / elapsed if elapsed > 0 else 0.0
                 record["seconds"] = elapsed
                 self._log({"step": self.state.step, **record})
+                limit = cfg.train.max_bad_steps
+                if limit and self.state.bad_steps_in_row >= limit:
+                    from .numerics import too_many_bad_steps
+
+                    self._close_logs()
+                    raise too_many_bad_steps(
+                        self.state.step, self.state.bad_steps_in_row, self.state.last_bad_term, self.output_dir
+                    )
                 if progress:
                     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
                     progress.update(task, completed=self.state.step, info=f"{terms} | {record['tokens_per_second']:.0f} tok/s")

@@ -65,13 +65,28 @@ def _gguf_metadata(path: Path) -> tuple[str, str]:
         from gguf import GGUFReader
     except ImportError as exc:
         raise MinillmError("reading .gguf files needs the 'gguf' package: pip install gguf") from exc
-    reader = GGUFReader(str(path))
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # noqa: BLE001 - a cut or foreign file fails inside gguf as ValueError, IndexError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MinillmError(
+            f"GGUF file '{path}' is truncated or corrupt ({first}); download or convert it again"
+        ) from None
 
     def field(key: str) -> str:
         value = reader.fields.get(key)
         return str(value.contents()) if value is not None else ""
 
-    return field("general.architecture"), " ".join([field("general.name"), field("general.basename")])
+    architecture = field("general.architecture")
+    # Without these, transformers falls back to its defaults (a 7B-sized llama) and tries to build that.
+    missing = [key for key in (f"{architecture}.block_count", f"{architecture}.embedding_length")
+               if key not in reader.fields] if architecture else ["general.architecture"]
+    if missing or not reader.tensors:
+        lacking = ", ".join(missing) if missing else "tensors"
+        raise MinillmError(
+            f"GGUF file '{path}' has no {lacking}: it does not describe a complete model; download or convert it again"
+        )
+    return architecture, " ".join([field("general.name"), field("general.basename")])
 
 
 def detect_family(model_type: str, names: list[str], spec: str) -> ModelFamily:
@@ -153,10 +168,24 @@ def _family_for_hub(hub_id: str) -> ModelFamily:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(hub_id)
+        # Detection reads the config only; code a repository ships never runs here (trust_remote_code=False).
+        config = AutoConfig.from_pretrained(hub_id, trust_remote_code=False)
     except OSError as exc:
         raise _hub_error(hub_id, exc) from exc
+    except ValueError as exc:
+        raise _remote_code_error(hub_id, exc) from exc
     return detect_family(config.model_type, [hub_id], hub_id)
+
+
+def _remote_code_error(name: str, exc: Exception) -> Exception:
+    """transformers' ValueError for a model that needs its own Python code, as one line; other errors unchanged."""
+    if "trust_remote_code" not in str(exc):
+        return exc
+    return MinillmError(
+        f"model '{name}' needs to run Python code shipped with it (auto_map in its config.json), which minillm "
+        "does not do by default; read that code, then pass trust_remote_code=true if you trust it, or use a "
+        "model transformers supports natively"
+    )
 
 
 def _hub_error(name: str, exc: Exception) -> MinillmError:
@@ -195,14 +224,20 @@ def _quiet_gguf(ref: ModelRef):
         gguf_utils.tqdm = original
 
 
-def load_tokenizer(ref: ModelRef):
-    """The tokenizer, with a pad token and the family's padding side."""
+def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token and the family's padding side.
+
+    ``trust_remote_code``: run tokenizer code shipped with the model; off unless the user asks (it is arbitrary
+    Python). Passed explicitly: transformers' own default (None) would prompt on the terminal and wait.
+    """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.source, **ref.load_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(ref.source, trust_remote_code=trust_remote_code, **ref.load_kwargs())
     except OSError as exc:
         raise _hub_error(ref.spec, exc) from exc
+    except ValueError as exc:
+        raise _remote_code_error(ref.spec, exc) from exc
     if tokenizer.pad_token is None:
         # Padding positions are always masked out, so any existing token is a safe pad; EOS is conventional.
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -212,16 +247,30 @@ def load_tokenizer(ref: ModelRef):
     return tokenizer
 
 
-def load_model(ref: ModelRef, dtype: str = "fp32", device=None, trainable: bool = False):
-    """The causal LM; in eval mode without gradients unless ``trainable``."""
+def load_model(
+    ref: ModelRef, dtype: str = "fp32", device=None, trainable: bool = False, trust_remote_code: bool = False,
+    placement: Optional[dict] = None,
+):
+    """The causal LM; in eval mode without gradients unless ``trainable``.
+
+    Weights come from safetensors or, for ``.bin`` files, through transformers' torch.load(weights_only=True);
+    model code shipped with the weights runs only with ``trust_remote_code`` (see ``load_tokenizer``).
+    ``placement``: from_pretrained's device_map/max_memory, spreading a large model over devices as it loads
+    (``distributed.teacher_device_map``).
+    """
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     try:
         with _quiet_gguf(ref):
-            model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=torch_dtype(dtype), **ref.load_kwargs())
+            model = AutoModelForCausalLM.from_pretrained(
+                ref.source, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **ref.load_kwargs(),
+                **(placement or {}),
+            )
     except OSError as exc:
         raise _hub_error(ref.spec, exc) from exc
+    except ValueError as exc:
+        raise _remote_code_error(ref.spec, exc) from exc
     if ref.gguf_file and getattr(model.config, "quantization_config", None) is not None:
         # The weights are dequantised on load; keeping the GGUF marker would make a saved copy unloadable.
         del model.config.quantization_config

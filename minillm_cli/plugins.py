@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "minillm_cli.builtin.families",
     "minillm_cli.builtin.commands",
     "minillm_cli.builtin.objectives",
+    "minillm_cli.builtin.evaluators",
 )
 
 pm = pluggy.PluginManager("minillm")

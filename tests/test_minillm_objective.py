@@ -332,24 +332,34 @@ def test_ablations(student, teacher, tokenizer):
     assert full.metrics["single"] > 0
 
 
+def on_policy_reverse_kl(student, teacher, tokenizer, prompts, repeats=8, max_new_tokens=8):
+    """A large-sample estimate of the reverse KL the objective minimises, on the given prompts: the exact
+    per-token KL(q ‖ p) over the vocabulary, averaged over the positions of responses sampled from the student
+    (fixed seed, so before and after see the same random numbers)."""
+    rollouts = sample_rollouts(student, teacher, tokenizer, [p for p in prompts for _ in range(repeats)],
+                               SamplingConfig(max_new_tokens=max_new_tokens), alpha=0.0, seed=123, batch_size=64)
+    batch = rollouts.to_batch(tokenizer.pad_token_id)
+    return float(brute_rkl(student, teacher, batch).mean())
+
+
 def test_training_lowers_reverse_kl_on_held_out(student, teacher, tokenizer):
     torch.manual_seed(0)
-    held = gold(tokenizer, HELD_OUT)
-    before = float(brute_rkl(student, teacher, held).mean())
+    held_prompts = gold(tokenizer, HELD_OUT).prompts
+    before = on_policy_reverse_kl(student, teacher, tokenizer, held_prompts)
     # lm_weight=0: L_PT on the two fixed LM sentences at lr 1e-2 pulls the tiny student towards that text, away
     # from the teacher; this test checks the reverse-KL part alone.
     objective = MiniLLM(MiniLLMOptions(ppo_epochs=2, lm_weight=0.0))
     ctx = make_ctx(student, teacher, tokenizer, max_new_tokens=8)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
-    for _ in range(15):
+    for _ in range(40):
         batch = rollout(objective, ctx, tokenizer)
         out = objective.loss(batch, ctx)
         assert math.isfinite(out.loss.item())
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    after = float(brute_rkl(student, teacher, held).mean())
-    assert after < 0.9 * before, (before, after)
+    after = on_policy_reverse_kl(student, teacher, tokenizer, held_prompts)
+    assert after < 0.9 * before, (before, after)   # measured 1.23 -> 0.97
 
 
 # --- through the CLI ----------------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ KNOWN = "distillm, gkd, kd, rkl, seqkd, sft, tvd"
 @pytest.fixture
 def fake_objectives(register_plugin):
     """Exactly the fake objectives above, whatever the builtin ones are (they are put back afterwards)."""
+    plugins.load_plugins()              # first, or loading later would bring the builtins back
     builtin = plugins.pm.get_plugin(BUILTIN_OBJECTIVES)
     if builtin is not None:
         plugins.pm.unregister(builtin)

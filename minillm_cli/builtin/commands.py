@@ -14,3 +14,7 @@ def register_commands(cli):
     cli.add_typer(convert.app, name="convert")
     cli.add_typer(recipes_cmd.app, name="recipes")
     cli.command(name="plugins")(plugins_cmd.plugins)
+
+    from ..evaluation.command import eval_command
+
+    cli.command(name="eval")(eval_command)

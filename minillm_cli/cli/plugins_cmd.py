@@ -27,7 +27,8 @@ def describe(name: str) -> dict:
     if name in families:
         family = families[name]
         fields = {f.name: getattr(family, f.name) for f in dataclasses.fields(family)}
-        return {"name": name, "kind": "model family", "help": "", "fields": {k: repr(v) for k, v in fields.items()}}
+        return {"name": name, "kind": "model family", "help": family.description or "",
+                "fields": {k: repr(v) for k, v in fields.items()}}
     known = {**registry.objectives(), **registry.evaluators(), **families}
     raise unknown_name("objective, evaluator or model family", name, known)
 
