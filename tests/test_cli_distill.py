@@ -17,21 +17,12 @@ from conftest import run_cli
 import torch
 
 from minillm_cli.engine import Engine
+from minillm_cli.pytest_plugin import TINY_DISTILL
 from minillm_cli.recipes import load_config
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 
-# Settings that make one run take a second or two on a CPU.
-TINY = [
-    "student_layers=2",
-    "train.steps=2",
-    "train.batch_size=2",
-    "eval.rouge_examples=2",
-    "eval.max_examples=4",
-    "eval.max_new_tokens=4",
-    "generation.max_new_tokens=6",
-    "data.limit=40",
-    "data.max_prompt_tokens=512",
-]
+# Settings that make one run take a second or two on a CPU (the pytest plugin's, shared with plugin authors).
+TINY = list(TINY_DISTILL)
 
 # objective -> (extra overrides, {loss term: weight in the total loss}); the weights are the objectives' defaults.
 OBJECTIVES = {
