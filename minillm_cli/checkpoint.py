@@ -45,6 +45,7 @@ class TrainerState:
     skipped_steps: int = 0            # steps skipped for a non-finite loss or gradient, in all
     bad_steps_in_row: int = 0         # the current run of consecutive skipped steps
     last_bad_term: Optional[str] = None   # the loss term (or 'gradient') that was last non-finite
+    seconds_used: float = 0.0         # wall time of the run so far, across resumes (train.max_minutes)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

@@ -43,6 +43,7 @@ class LoraConfig:
 class TrainConfig:
     steps: Optional[int] = option(None, "Optimizer steps; null derives them from epochs.")
     epochs: float = option(2.0, "Passes over the training data (when steps is null).")
+    max_minutes: Optional[float] = option(None, "Wall-time budget: stop at the first optimizer step that ends after this many minutes since the run began (model loading, data preparation such as SeqKD's teacher generation, and validation count, and so does the time before a resume), then validate, save and export final as at the last step; steps (or epochs) still set the learning-rate schedule. null = no budget.")
     batch_size: int = option(8, "Sequences per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     lr: float = option(5e-4, "Peak learning rate.")

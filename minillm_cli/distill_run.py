@@ -62,6 +62,8 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
 
 def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
     from .data import load_instructions, load_texts, pack_texts, split_examples, tokenize_examples
+    import time
+
     from .engine import Engine, EngineData
     from .generate_run import pick_device
     from .generation import SamplingConfig
@@ -71,6 +73,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
     from .plugins import get_objective
     from .vocab import check_vocab
 
+    started_at = time.monotonic()   # train.max_minutes counts model loading and data preparation too
     objective = get_objective(config.objective["name"])(objective_options)
     needs = set(objective.needs)
     teacher_cache = None
@@ -163,7 +166,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
     engine = Engine(
         config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
-        progress=progress,
+        progress=progress, started_at=started_at,
     )
     engine.teacher_cache = teacher_cache
     counts = {

@@ -105,12 +105,14 @@ class RunResult:
     after: dict = field(default_factory=dict)
     seconds_per_step: float = 0.0
     tokens_per_second: float = 0.0
+    out_of_time: bool = False          # stopped by train.max_minutes before the last step
 
 
 class Engine:
     def __init__(
         self, *, config, objective: Objective, student, teacher, tokenizer, data: EngineData, vocab_width: int,
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
+        started_at: Optional[float] = None,
     ):
         import torch
 
@@ -160,6 +162,8 @@ class Engine:
         )
         self._metrics_file = None
         self._tensorboard = None
+        # train.max_minutes counts from when this process began preparing the run (time.monotonic())
+        self._clock = time.monotonic() if started_at is None else started_at
 
     # --- services offered to objectives -------------------------------------------------------------------
 
@@ -482,7 +486,8 @@ class Engine:
                 if progress:
                     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
                     progress.update(task, completed=self.state.step, info=f"{terms} | {record['tokens_per_second']:.0f} tok/s")
-                at_end = self.state.step == self.total_steps
+                result.out_of_time = self._out_of_time() and self.state.step < self.total_steps
+                at_end = self.state.step == self.total_steps or result.out_of_time
                 if cfg.eval.every and (self.state.step % cfg.eval.every == 0) and not at_end:
                     self._validate_and_select()
                 if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0 and not at_end:
@@ -491,6 +496,13 @@ class Engine:
                     path = self.save()
                     result.interrupted = True
                     result.final_dir = path
+                    break
+                if result.out_of_time:
+                    if self.console is not None and self.accelerator.is_main_process:
+                        self.console.print(
+                            f"time budget of {cfg.train.max_minutes:g} min (train.max_minutes) reached after step "
+                            f"{self.state.step} of {self.total_steps}; validating and exporting final"
+                        )
                     break
         if not result.interrupted:
             final = self._validate_and_select()
@@ -506,6 +518,21 @@ class Engine:
             result.seconds_per_step = sorted(timed)[len(timed) // 2]
             result.tokens_per_second = sum(token_counts) / sum(step_times)
         return result
+
+    def _out_of_time(self) -> bool:
+        """Whether train.max_minutes is spent; every process gets the same answer (the slowest clock decides)."""
+        now = time.monotonic()
+        self.state.seconds_used += now - self._clock
+        self._clock = now
+        budget = self.config.train.max_minutes
+        if budget is None:
+            return False
+        spent = float(self.state.seconds_used >= budget * 60)
+        if self.accelerator.num_processes > 1:
+            import torch
+
+            spent = float(self._reduce_sum(torch.tensor(spent, device=self.device)).item())
+        return spent > 0
 
     def _validate_and_select(self) -> dict:
         results = self.validate()

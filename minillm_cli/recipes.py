@@ -79,6 +79,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_response_tokens": _gt(0),
     "data.lm_chunk_tokens": _gt(0),
     "train.steps": _gt(0),
+    "train.max_minutes": _gt(0),
     "train.epochs": _gt(0),
     "train.batch_size": _gt(0),
     "train.grad_accum": _gt(0),
@@ -784,13 +785,15 @@ def list_recipes() -> list[tuple[str, str, str]]:
     rows = []
     for path in sorted(RECIPES_DIR.rglob("*.yaml")):
         name = path.relative_to(RECIPES_DIR).with_suffix("").as_posix()
+        if name.startswith("compare/"):
+            continue   # comparison plans (`minillm compare`), not distill recipes
         rows.append((name, *_header(path)))
     return rows
 
 
 def _shipped(name: str) -> Optional[Path]:
     name = name.removesuffix(".yaml")
-    if not name or not RECIPES_DIR.is_dir():
+    if not name or not RECIPES_DIR.is_dir() or name.startswith("compare/"):
         return None
     path = (RECIPES_DIR / f"{name}.yaml").resolve()
     if path.is_file() and path.is_relative_to(RECIPES_DIR):

@@ -292,6 +292,35 @@ def test_resume_continues_a_stopped_run(teacher, home, tmp_path, capsys):
         assert json.loads(meta.read_text())["step"] == 4
 
 
+def test_time_budget_stops_early_exports_final_and_carries_over_resume(teacher, home, tmp_path, capsys):
+    """train.max_minutes stops at the first step past the budget (here: the first step), validates and exports
+    final like the last step; the time used is in the checkpoint, so a resume with the same budget stops at once
+    and one with a larger budget goes on."""
+    output = tmp_path / "run"
+    code, out, err = distill(capsys, teacher, output, "--objective", "kd", "train.steps=50", "train.max_minutes=1e-6")
+    assert code == 0, err
+    assert "time budget of 1e-06 min (train.max_minutes) reached after step 1 of 50" in flat(out + err)
+    records = read_metrics(output)
+    assert [r["step"] for r in train_records(records)] == [1]
+    assert [r["step"] for r in records if "valid_loss" in r] == [0, 1]      # before, and final at the stop
+    assert_loadable(output / "final")
+    state = json.loads((output / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
+    assert state["seconds_used"] > 0
+
+    code, _, err = run(capsys, "distill", "--resume", output, "train.max_minutes=1e-6", "--no-progress")
+    assert code == 0, err
+    assert [r["step"] for r in train_records(read_metrics(output))] == [1, 2]   # one step: the check follows a step
+    code, _, err = run(capsys, "distill", "--resume", output, "train.max_minutes=60", "train.steps=4", "--no-progress")
+    assert code == 0, err
+    assert [r["step"] for r in train_records(read_metrics(output))] == [1, 2, 3, 4]
+
+
+def test_time_budget_must_be_positive(teacher, tmp_path, capsys):
+    code, _, err = distill(capsys, teacher, tmp_path / "run", "train.max_minutes=0")
+    assert code == 2
+    assert "train.max_minutes" in error_line(err)
+
+
 @pytest.mark.parametrize("objective", ["gkd", "distillm"])
 def test_interrupted_run_resumes_exactly(objective, teacher, home, tmp_path, capsys, monkeypatch):
     """Ctrl-C after step 1 exits 130 with a checkpoint; --resume then gives the uninterrupted run's losses
