@@ -7,13 +7,14 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli):
-    from ..cli import convert, distill, generate, plugins_cmd, recipes_cmd
+    from ..cli import compare, convert, distill, generate, plugins_cmd, recipes_cmd
 
     cli.command(name="distill")(distill.distill)
     cli.command(name="generate")(generate.generate)
     cli.add_typer(convert.app, name="convert")
     cli.add_typer(recipes_cmd.app, name="recipes")
     cli.command(name="plugins")(plugins_cmd.plugins)
+    cli.command(name="compare")(compare.compare)
 
     from ..evaluation.command import eval_command
 

@@ -28,9 +28,17 @@ class SeqKDOptions:
         "Weight r of forward KL on the teacher's responses: (1 − r)·CE + r·FKL. 0 = SFT on teacher outputs; "
         "the reference scripts use 0.5 (KD on teacher outputs).",
     )
+    max_prompts: Optional[int] = option(
+        None,
+        "Have the teacher answer only the first N training prompts (of the shuffled split) and train on those; "
+        "null = all. Teacher generation is SeqKD's main cost: this bounds it under a time budget.",
+    )
 
     def validate(self) -> list[str]:
-        return in_unit_interval("ratio", self.ratio)
+        problems = in_unit_interval("ratio", self.ratio)
+        if self.max_prompts is not None and self.max_prompts < 1:
+            problems.append(f"max_prompts must be at least 1 (got {self.max_prompts}); null uses every prompt")
+        return problems
 
 
 class SeqKD(Objective):
@@ -49,6 +57,8 @@ class SeqKD(Objective):
 
         if not train_examples:
             return train_examples
+        if self.options.max_prompts is not None:
+            train_examples = train_examples[: self.options.max_prompts]
         ref = resolve_model(ctx.teacher, family=ctx.teacher_family)
         prompt_format = ctx.prompt_format or ref.family.prompt_format
         path = Path(ctx.cache_dir) / f"seqkd-{cache_key(ref, prompt_format, ctx, train_examples)}.jsonl"

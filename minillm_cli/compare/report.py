@@ -1,0 +1,129 @@
+"""The comparison's results: every stage's training summary and every model's evaluation, in one table,
+one JSON and the evaluation plots (``results/`` under the comparison's output directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from ..atomic import atomic_open
+from ..evaluation.reports import cell, headline_names, write_reports
+
+JSON_NAME, TABLE_NAME = "comparison.json", "comparison.md"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def training_summary(comparison, stage) -> dict:
+    """What the stage's run did: objective, steps, whether the budget stopped it, its final validation."""
+    run = comparison.run_dir(stage.name)
+    meta = _read_json(comparison.model_dir(stage.name) / "minillm.json") or {}
+    final_meta = _read_json(run / "final" / "minillm.json") or {}
+    records = []
+    try:
+        with open(run / "metrics.jsonl", encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    except (OSError, ValueError):
+        pass
+    steps = [r for r in records if "loss" in r]
+    validations = [r for r in records if "valid_loss" in r]
+    job = comparison.state["jobs"].get(f"train {stage.name}", {})
+    summary = {
+        "recipe": stage.recipe,
+        "objective": final_meta.get("objective") or meta.get("objective"),
+        "steps": final_meta.get("step"),
+        "model": str(comparison.model_dir(stage.name)),
+        "model_step": meta.get("step"),
+        "wall_seconds": round(job.get("seconds", 0.0), 1),
+        "step_seconds": round(sum(r.get("seconds", 0.0) for r in steps), 1),
+        "budget_minutes": comparison.budget if stage.budget else None,
+    }
+    if validations:
+        last = validations[-1]
+        summary["final_validation"] = {k: v for k, v in last.items() if k.startswith("valid_")}
+    return summary
+
+
+def merged_report(comparison) -> dict:
+    """The evaluations of every model, as one `minillm eval` report whose models are named by stage."""
+    merged = {"settings": {}, "models": {}, "suites": [], "results": {}}
+    for name in comparison.plan.evaluate.models:
+        report = _read_json(comparison.eval_dir(name) / "results.json")
+        if not report:
+            continue
+        merged["settings"] = merged["settings"] or report.get("settings", {})
+        for info in report.get("models", {}).values():
+            merged["models"][name] = info
+        for per_suite in report.get("results", {}).values():
+            merged["results"][name] = per_suite
+        for suite in report.get("suites", []):
+            if suite not in merged["suites"]:
+                merged["suites"].append(suite)
+    return merged
+
+
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads_per_stage"] = None
+    except ImportError:
+        pass
+    return info
+
+
+def table(comparison, summaries: dict, merged: dict) -> str:
+    headlines = headline_names(merged)
+    suites = merged["suites"]
+    lines = ["| model | objective | steps | wall time | " + " | ".join(f"{s} ({headlines.get(s, '-')})" for s in suites) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(suites)]
+    for name in comparison.plan.evaluate.models:
+        summary = summaries.get(name, {})
+        minutes = summary.get("wall_seconds", 0.0) / 60
+        per_suite = merged["results"].get(name, {})
+        lines.append(
+            f"| {name} | {summary.get('objective') or '-'} | {summary.get('steps') if summary.get('steps') is not None else '-'} "
+            f"| {minutes:.1f} min | " + " | ".join(cell(per_suite.get(s)) for s in suites) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_comparison(comparison) -> dict:
+    """results/comparison.json, results/comparison.md and the merged evaluation report (report.md, plots)."""
+    out = comparison.out / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {s.name: training_summary(comparison, s) for s in comparison.plan.stages}
+    merged = merged_report(comparison)
+    machine = _machine()
+    machine["torch_threads_per_stage"] = comparison.threads
+    files = write_reports(merged, out, plots=True)
+    document = {
+        "plan": str(comparison.plan.path), "title": comparison.plan.title, "data_dir": comparison.data_dir,
+        "budget_minutes": comparison.budget, "parallel": comparison.parallel, "machine": machine,
+        "stages": summaries, "evaluation": {"settings": merged["settings"], "suites": merged["suites"]},
+        "results": {
+            model: {suite: {k: v for k, v in result.get("metrics", {}).items()} for suite, result in per_suite.items()}
+            for model, per_suite in merged["results"].items()
+        },
+    }
+    with atomic_open(out / JSON_NAME) as handle:
+        json.dump(document, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    text = [f"# {comparison.plan.title or comparison.plan.path.stem}", "",
+            f"Budget: {comparison.budget:g} min of wall time per compared method" if comparison.budget else "No time budget",
+            f"({comparison.parallel} stage(s) at a time, {comparison.threads or 'default'} thread(s) each; "
+            f"{machine['cpu_count']} CPUs, {machine['processor']}).", "", table(comparison, summaries, merged), ""]
+    with atomic_open(out / TABLE_NAME) as handle:
+        handle.write("\n".join(text))
+    files.update(comparison_json=str(out / JSON_NAME), markdown=str(out / TABLE_NAME))
+    return files
