@@ -60,11 +60,11 @@ def compare(*args, cwd=None):
 
 def test_shipped_plan_and_its_recipes_load():
     plan = load_plan("smollm2_dolly")
-    assert [s.name for s in plan.stages] == ["teacher", "student_SFT", "SFT", "KD", "SeqKD", "GKD", "MiniLLM"]
+    assert [s.name for s in plan.stages] == ["teacher", "student_SFT", "SFT", "KD", "SeqKD", "SeqKD_pregen", "GKD", "MiniLLM"]
     budgeted = [s for s in plan.stages if s.budget]
-    assert [s.name for s in budgeted] == ["SFT", "KD", "SeqKD", "GKD", "MiniLLM"]
+    assert [s.name for s in budgeted] == ["SFT", "KD", "SeqKD", "SeqKD_pregen", "GKD", "MiniLLM"]
     for stage in budgeted:
-        assert set(stage.after) == {"teacher", "student_SFT"}
+        assert set(stage.after) - {"SeqKD"} == {"teacher", "student_SFT"}
     for stage in plan.stages:
         config, options = load_config(recipe_path(stage.recipe))
         assert config.objective["name"] in ("sft", "kd", "seqkd", "gkd", "minillm")
@@ -85,7 +85,7 @@ def test_reduced_comparison_runs_resumes_and_reports(tiny_models, tmp_path, data
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
     results = json.loads((out / "results" / "comparison.json").read_text())
-    models = ["teacher", "student_SFT", "SFT", "KD", "SeqKD", "GKD", "MiniLLM"]
+    models = ["teacher", "student_SFT", "SFT", "KD", "SeqKD", "SeqKD_pregen", "GKD", "MiniLLM"]
     assert list(results["results"]) == models
     for model in models:
         assert {"dolly", "selfinst"} <= set(results["results"][model])
@@ -93,9 +93,11 @@ def test_reduced_comparison_runs_resumes_and_reports(tiny_models, tmp_path, data
         # exposure bias is measured against the teacher, for every model but the teacher itself
         assert ("exposure" in results["results"][model]) == (model != "teacher")
     stages = results["stages"]
-    assert [stages[m]["objective"] for m in models] == ["sft", "sft", "sft", "kd", "seqkd", "gkd", "minillm"]
+    assert [stages[m]["objective"] for m in models] == ["sft", "sft", "sft", "kd", "seqkd", "seqkd", "gkd", "minillm"]
     assert all(stages[m]["steps"] == 2 for m in models)
     assert stages["KD"]["budget_minutes"] == 5 and stages["teacher"]["budget_minutes"] is None
+    # SeqKD_pregen found SeqKD's teacher responses: one generation for both
+    assert len(list((tmp_path / "home" / "seqkd").glob("seqkd-*.jsonl"))) == 1
     table = (out / "results" / "comparison.md").read_text()
     for model in models:
         assert f"| {model} |" in table
@@ -110,7 +112,7 @@ def test_reduced_comparison_runs_resumes_and_reports(tiny_models, tmp_path, data
 
     again = compare("--plan", plan, "--data-dir", data_dir)
     assert again.returncode == 0, again.stderr
-    assert "14 of 15 stages done, 1 to run" in again.stdout      # only the report is rewritten
+    assert "16 of 17 stages done, 1 to run" in again.stdout      # only the report is rewritten
     assert "start" not in again.stdout
 
 
@@ -149,6 +151,8 @@ def test_a_failed_stage_blocks_its_dependents_only(tiny_models, tmp_path, data_d
     assert "FAILED  train GKD" in result.stdout and "beta" in result.stdout
     assert "skipped eval GKD" in result.stdout
     assert "done    eval teacher" in result.stdout                      # the rest of the plan still ran
+    table = (tmp_path / "out" / "results" / "comparison.md").read_text()    # and the table has what was evaluated
+    assert "| teacher |" in table and "| GKD |" in table
     state = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert state["jobs"]["train GKD"]["status"] == "failed" and state["jobs"]["eval GKD"]["status"] == "blocked"
 

@@ -41,7 +41,8 @@ def training_summary(comparison, stage) -> dict:
         "steps": final_meta.get("step"),
         "model": str(comparison.model_dir(stage.name)),
         "model_step": meta.get("step"),
-        "wall_seconds": round(job.get("seconds", 0.0), 1),
+        "wall_seconds": round(job["seconds"], 1) if job.get("seconds") else None,   # the driver's clock, loading and final export included
+        "budget_seconds_used": _seconds_used(run),
         "step_seconds": round(sum(r.get("seconds", 0.0) for r in steps), 1),
         "budget_minutes": comparison.budget if stage.budget else None,
     }
@@ -49,6 +50,16 @@ def training_summary(comparison, stage) -> dict:
         last = validations[-1]
         summary["final_validation"] = {k: v for k, v in last.items() if k.startswith("valid_")}
     return summary
+
+
+def _seconds_used(run: Path):
+    """train.max_minutes' clock at the run's last checkpoint (None for runs from before it existed)."""
+    from ..checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(run) if run.is_dir() else []
+    state = _read_json(checkpoints[-1] / "trainer_state.json") if checkpoints else None
+    used = (state or {}).get("seconds_used")
+    return round(used, 1) if used else None
 
 
 def merged_report(comparison) -> dict:
@@ -89,11 +100,12 @@ def table(comparison, summaries: dict, merged: dict) -> str:
              "|---|---|---:|---:|" + "---:|" * len(suites)]
     for name in comparison.plan.evaluate.models:
         summary = summaries.get(name, {})
-        minutes = summary.get("wall_seconds", 0.0) / 60
+        seconds = summary.get("wall_seconds")
+        wall = f"{seconds / 60:.1f} min" if seconds else "-"   # "-": the stage ran outside this driver
         per_suite = merged["results"].get(name, {})
         lines.append(
             f"| {name} | {summary.get('objective') or '-'} | {summary.get('steps') if summary.get('steps') is not None else '-'} "
-            f"| {minutes:.1f} min | " + " | ".join(cell(per_suite.get(s)) for s in suites) + " |"
+            f"| {wall} | " + " | ".join(cell(per_suite.get(s)) for s in suites) + " |"
         )
     return "\n".join(lines)
 

@@ -197,6 +197,14 @@ class Comparison:
                         self.log(f"FAILED  {name} (exit {code}): {_last_line(self.log_path(job))}; log {self.log_path(job)}")
                     self._write_state()
                 for job in list(pending):
+                    if job.kind == "report":
+                        # the table of whatever was evaluated, once nothing else can still finish
+                        if not any(j.name in job.after for j in pending if j is not job) and not any(
+                                name in job.after for name in running):
+                            pending.remove(job)
+                            self._report(job, done)
+                            done.add(job.name)
+                        continue
                     if any(dep in failed or self._record_of(dep) == "blocked" for dep in job.after):
                         pending.remove(job)
                         self._record(job)["status"] = "blocked"
@@ -205,10 +213,6 @@ class Comparison:
                     if len(running) >= self.parallel or not all(dep in done for dep in job.after):
                         continue
                     pending.remove(job)
-                    if job.kind == "report":
-                        self._report(job, done)
-                        done.add(job.name)
-                        continue
                     running[job.name] = self._start(job)
                 if running and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = time.monotonic()
