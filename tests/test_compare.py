@@ -138,6 +138,35 @@ def test_resume_continues_an_interrupted_stage_from_its_checkpoint(tiny_models, 
     assert "--resume" in line and "to run" in line
 
 
+def test_sigterm_stops_the_driver_and_its_stages_with_checkpoints(tiny_models, tmp_path, data_dir, monkeypatch):
+    """SIGTERM (or Ctrl-C) stops the running stages cleanly: distill saves a checkpoint, the driver exits 130 and
+    records 'interrupted', and the next run resumes the stage. Works for a driver started in the background
+    (which inherits an ignored SIGINT)."""
+    import signal
+    import time
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    teacher = tiny_models("llama", layers=4)
+    plan = tiny_plan(tmp_path, teacher, stage_overrides={"teacher": [f"teacher={teacher}", f"student={teacher}", "train.steps=5000"]})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "minillm_cli", "compare", "--plan", str(plan), "--data-dir", str(data_dir),
+                             "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 300
+    metrics = out / "teacher" / "metrics.jsonl"
+    while time.monotonic() < deadline and not (metrics.is_file() and '"loss"' in metrics.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout
+    assert "interrupted" in stdout
+    state = json.loads((out / "compare.json").read_text())
+    assert state["jobs"]["train teacher"]["status"] == "interrupted"
+    dry = compare("--plan", plan, "--data-dir", data_dir, "--dry-run")
+    line = next(ln for ln in dry.stdout.splitlines() if "train teacher" in ln)
+    assert "--resume" in line
+
+
 def test_a_failed_stage_blocks_its_dependents_only(tiny_models, tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     teacher = tiny_models("llama", layers=4)

@@ -175,6 +175,7 @@ class Comparison:
         self.log(f"comparison {self.plan.path.stem}: {len(done)} of {len(jobs)} stages done, {len(pending)} to run, "
                  f"{self.parallel} at a time, {self.threads or 'default'} thread(s) each → {self.out}")
         last_beat = time.monotonic()
+        previous = _catch_stop_signals()
         try:
             while pending or running:
                 for name, (job, proc, started, handle) in list(running.items()):
@@ -223,7 +224,9 @@ class Comparison:
         except KeyboardInterrupt:
             self.log("interrupted: stopping the running stages (distill saves a checkpoint); rerun to continue")
             for job, proc, started, handle in running.values():
-                proc.send_signal(signal.SIGINT)
+                # distill stops after its current step and saves a checkpoint on SIGINT; an evaluation has
+                # nothing to keep and reruns from the start
+                proc.send_signal(signal.SIGINT if job.kind == "train" else signal.SIGTERM)
             for job, proc, started, handle in running.values():
                 try:
                     proc.wait(timeout=120)
@@ -235,6 +238,9 @@ class Comparison:
                 record["status"] = "interrupted"
             self._write_state()
             return 130
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self._write_state()
         return 1 if failed or any(self._record(j)["status"] == "blocked" for j in jobs) else 0
 
@@ -275,6 +281,22 @@ class Comparison:
         record = self._record(job)
         record.update(status="done", finished=_now(), files=files)
         self.log(f"report  {files['markdown']}")
+
+
+def _catch_stop_signals() -> dict:
+    """Ctrl-C and SIGTERM both stop the comparison cleanly. Installed explicitly: a driver started in the
+    background (nohup, `&`) inherits an ignored SIGINT, and a scheduler's stop is SIGTERM."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, stop)
+        except ValueError:   # not the main thread: leave the signals alone
+            pass
+    return previous
 
 
 def _has_checkpoint(run: Path) -> bool:
