@@ -59,6 +59,8 @@ NOT_RUN = {
     "minillm distill --recipe llama/13b_to_7b_MiniLLM --num-processes 8 --teacher-shard zero3 "
     "train.teacher_dtype=bf16": "needs 8 GPUs",
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
+    "minillm compare --plan smollm2_dolly --data-dir ../shared/data":
+        "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
 }
 
 
