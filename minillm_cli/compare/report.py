@@ -87,7 +87,6 @@ def _machine() -> dict:
         import torch
 
         info["torch"] = torch.__version__
-        info["torch_threads_per_stage"] = None
     except ImportError:
         pass
     return info
