@@ -13,7 +13,6 @@ so a crash never leaves a half-written checkpoint, and the previous ones stay un
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import pickle
 import random
@@ -25,6 +24,7 @@ from typing import Callable, Optional
 
 from .atomic import atomic_directory, atomic_open, remove_stale_siblings
 from .errors import MinillmError
+from .run_info import file_sha256
 
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -72,20 +72,12 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (_step_of(p), p.name))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path) -> None:
     """List every file of ``directory`` with its size and sha256; called last, so its presence means 'complete'."""
     directory = Path(directory)
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     with atomic_open(directory / MANIFEST) as handle:
         json.dump({"format": 1, "files": files}, handle, indent=2)
 
@@ -109,7 +101,7 @@ def verify_checkpoint(path: Path, full: bool = True) -> Optional[str]:
         size = file.stat().st_size
         if size != expected.get("size"):
             return f"{name} has {size} bytes, the manifest says {expected.get('size')}"
-        if full and _sha256(file) != expected.get("sha256"):
+        if full and file_sha256(file) != expected.get("sha256"):
             return f"{name} fails its sha256 check"
     return None
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported only where tensors are made, to keep start-up fast
     import torch
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,3 +47,19 @@ def forward_hidden(model, batch, width: int | None = None) -> Forward:
     """Run the model's body on a batch; padding-invariant because the batch carries position ids."""
     output = model.base_model(**batch.model_inputs(), use_cache=False)
     return Forward(output.last_hidden_state, output_head(model, width))
+
+
+@contextlib.contextmanager
+def inference(*models):
+    """Eval mode and ``torch.inference_mode`` for these models; each one's training flag is restored after."""
+    import torch
+
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 from .batches import Batch, make_batch
 from .errors import MinillmError
+from .forward import inference
 from .generation import SamplingConfig, left_pad
 
 
@@ -221,17 +222,10 @@ def sample_rollouts(
         generator.seed()
 
     result = Rollouts([], [], [], [], [], [], alpha=alpha)
-    modes = (student.training, teacher.training)
-    student.eval()
-    teacher.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(prompts), batch_size):
-                chunk = [list(p) for p in prompts[start:start + batch_size]]
-                _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device, result)
-    finally:
-        student.train(modes[0])
-        teacher.train(modes[1])
+    with inference(student, teacher):
+        for start in range(0, len(prompts), batch_size):
+            chunk = [list(p) for p in prompts[start:start + batch_size]]
+            _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device, result)
     return result
 
 

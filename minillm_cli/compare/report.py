@@ -123,7 +123,7 @@ def write_comparison(comparison) -> dict:
         "budget_minutes": comparison.budget, "parallel": comparison.parallel, "machine": machine,
         "stages": summaries, "evaluation": {"settings": merged["settings"], "suites": merged["suites"]},
         "results": {
-            model: {suite: {k: v for k, v in result.get("metrics", {}).items()} for suite, result in per_suite.items()}
+            model: {suite: dict(result.get("metrics", {})) for suite, result in per_suite.items()}
             for model, per_suite in merged["results"].items()
         },
     }

@@ -188,7 +188,7 @@ class Comparison:
                     record["seconds"] += time.time() - started
                     record["returncode"] = code
                     record["finished"] = _now()
-                    if code == 0 and self.is_done(job) or code == 0 and job.kind == "report":
+                    if code == 0 and self.is_done(job):
                         record["status"] = "done"
                         done.add(name)
                         self.log(f"done    {name} in {_minutes(time.time() - started)}")
@@ -203,7 +203,7 @@ class Comparison:
                         if not any(j.name in job.after for j in pending if j is not job) and not any(
                                 name in job.after for name in running):
                             pending.remove(job)
-                            self._report(job, done)
+                            self._report(job)
                             done.add(job.name)
                         continue
                     if any(dep in failed or self._record_of(dep) == "blocked" for dep in job.after):
@@ -274,7 +274,7 @@ class Comparison:
                 text += f" step {step}"
         return text
 
-    def _report(self, job: Job, done: set) -> None:
+    def _report(self, job: Job) -> None:
         from .report import write_comparison
 
         files = write_comparison(self)

@@ -76,43 +76,35 @@ def per_token_errors(
     Logits are computed only at those positions (gathered hidden states, not [B, L, V]) and trimmed to
     ``vocab_width``; the divergence runs in float32 (float64 for float64 models), see ``divergences``.
     """
-    import torch
 
     from ..batches import make_batch
     from ..divergences import token_divergence
-    from ..forward import forward_hidden
+    from ..forward import forward_hidden, inference
 
     errors: list[list[float]] = []
-    modes = (student.training, teacher.training)
-    student.eval()
-    teacher.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(prompts), batch_size):
-                chunk_prompts = prompts[start:start + batch_size]
-                chunk_responses = responses[start:start + batch_size]
-                batch = make_batch(chunk_prompts, chunk_responses, pad_id)
-                sides = []
-                for model in (student, teacher):
-                    on_device = batch.to(next(model.parameters()).device)
-                    forward = forward_hidden(model, on_device, vocab_width)
-                    # Row-major gather: the rows come out sequence by sequence, step by step.
-                    sides.append((forward.hidden[on_device.loss_mask], forward.head))
-                (student_rows, student_head), (teacher_rows, teacher_head) = sides
-                values = []
-                # _ROWS positions at a time: only [_ROWS, vocab] logits of each model exist at once, however
-                # many positions the batch has (batch_size x max_len of them, times a vocabulary of up to 150k).
-                for lo in range(0, student_rows.shape[0], _ROWS):
-                    student_logits = student_head(student_rows[lo:lo + _ROWS])
-                    teacher_logits = teacher_head(teacher_rows[lo:lo + _ROWS]).to(student_logits.device)
-                    values += token_divergence(DIVERGENCE, student_logits, teacher_logits).double().cpu().tolist()
-                offset = 0
-                for response in chunk_responses:
-                    errors.append(values[offset:offset + len(response)])
-                    offset += len(response)
-    finally:
-        student.train(modes[0])
-        teacher.train(modes[1])
+    with inference(student, teacher):
+        for start in range(0, len(prompts), batch_size):
+            chunk_prompts = prompts[start:start + batch_size]
+            chunk_responses = responses[start:start + batch_size]
+            batch = make_batch(chunk_prompts, chunk_responses, pad_id)
+            sides = []
+            for model in (student, teacher):
+                on_device = batch.to(next(model.parameters()).device)
+                forward = forward_hidden(model, on_device, vocab_width)
+                # Row-major gather: the rows come out sequence by sequence, step by step.
+                sides.append((forward.hidden[on_device.loss_mask], forward.head))
+            (student_rows, student_head), (teacher_rows, teacher_head) = sides
+            values = []
+            # _ROWS positions at a time: only [_ROWS, vocab] logits of each model exist at once, however
+            # many positions the batch has (batch_size x max_len of them, times a vocabulary of up to 150k).
+            for lo in range(0, student_rows.shape[0], _ROWS):
+                student_logits = student_head(student_rows[lo:lo + _ROWS])
+                teacher_logits = teacher_head(teacher_rows[lo:lo + _ROWS]).to(student_logits.device)
+                values += token_divergence(DIVERGENCE, student_logits, teacher_logits).double().cpu().tolist()
+            offset = 0
+            for response in chunk_responses:
+                errors.append(values[offset:offset + len(response)])
+                offset += len(response)
     return errors
 
 
