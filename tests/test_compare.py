@@ -12,7 +12,7 @@ import yaml
 
 from minillm_cli.compare.plan import PLANS_DIR, load_plan
 from minillm_cli.pytest_plugin import TINY_RECORDS, write_tiny_data
-from minillm_cli.recipes import list_recipes, load_config, recipe_path
+from minillm_cli.config.recipes import list_recipes, load_config, recipe_path
 
 SHIPPED = PLANS_DIR / "smollm2_dolly.yaml"
 

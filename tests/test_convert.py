@@ -12,16 +12,10 @@ from typer.testing import CliRunner  # noqa: E402
 
 from conftest import BUILTIN_FAMILIES  # noqa: E402
 from minillm_cli import MinillmError  # noqa: E402
-from minillm_cli import convert as convert_module  # noqa: E402
+from minillm_cli.convert import core as convert_module  # noqa: E402
 from minillm_cli.cli import convert as convert_cli  # noqa: E402
-from minillm_cli.convert import (  # noqa: E402
-    choose_layers,
-    convert_dtype,
-    convert_gguf,
-    convert_smollm2,
-    cut_layers,
-)
-from minillm_cli.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from minillm_cli.convert.core import choose_layers, convert_dtype, convert_gguf, convert_smollm2, cut_layers
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model  # noqa: E402
 from minillm_cli.plugins import get_family  # noqa: E402
 
 

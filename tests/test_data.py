@@ -11,8 +11,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from minillm_cli import data  # noqa: E402
-from minillm_cli.data import (  # noqa: E402
+from minillm_cli.data import core as data  # noqa: E402
+from minillm_cli.data.core import (
     ALPACA_PROMPT,
     ALPACA_PROMPT_WITH_INPUT,
     FieldMap,

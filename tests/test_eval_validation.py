@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from minillm_cli import MinillmError
-from minillm_cli.config import DistillConfig
-from minillm_cli.engine import Engine, EngineData
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
+from minillm_cli.config.schema import DistillConfig
+from minillm_cli.training.engine import Engine, EngineData
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 from minillm_cli.objective import Objective
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from minillm_cli import MinillmError, hookimpl, plugins
 from minillm_cli.cli import recipes_cmd
-from minillm_cli.config import DistillConfig
+from minillm_cli.config.schema import DistillConfig
 from minillm_cli.objective import NoOptions, Objective, option
-from minillm_cli.recipes import (
+from minillm_cli.config.recipes import (
     RECIPES_DIR,
     config_to_dict,
     copy_recipe,

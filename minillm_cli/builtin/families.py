@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..families import ModelFamily
+from ..models.family import ModelFamily
 from ..hookspecs import hookimpl
 from ..paths import models_home
 

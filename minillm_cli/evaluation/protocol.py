@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..atomic import atomic_open
 from ..errors import MinillmError
-from ..metrics.rouge import rouge_l
+from .rouge import rouge_l
 from .metrics import LENGTH_BUCKETS, bucket_means, distinct_n, exact_match, mean_std
 
 GENERATIONS_GLOB = "seed-*.jsonl"
@@ -33,9 +33,9 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
 
     A record keeps what re-scoring needs (references) and what a reader wants to see (prompt, generation).
     """
-    from ..data import format_prompt, tokenize_prompts
-    from ..generate_run import _generate_with_progress
-    from ..generation import GenerationStats, generate
+    from ..data.core import format_prompt, tokenize_prompts
+    from ..runs.generate import _generate_with_progress
+    from ..models.generation import GenerationStats, generate
 
     prompt_ids, kept, dropped = tokenize_prompts(
         examples, ctx.tokenizer, prompt_format=ctx.prompt_format, add_bos=ctx.add_bos,

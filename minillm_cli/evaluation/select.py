@@ -50,7 +50,7 @@ def parse_settings(settings: Sequence[str]) -> dict:
 
 def build_evaluators(specs: Sequence[str], settings: Mapping[str, Mapping] = (), registry: Optional[Mapping] = None) -> list:
     """Instantiate the evaluators named by ``specs`` (registered names or local files) with their options."""
-    from ..recipes import _check, _fields, _unknown_key
+    from ..config.recipes import _check, _fields, _unknown_key
     from .suites import FileSuite
 
     if registry is None:

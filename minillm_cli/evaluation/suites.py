@@ -100,7 +100,7 @@ class InstructionSuite(Evaluator):
 
     def load(self, ctx: EvalContext) -> tuple:
         """(examples, settings describing them)."""
-        from ..data import load_instructions
+        from ..data.core import load_instructions
 
         source, split, described = self.locate(ctx)
         try:
@@ -162,8 +162,8 @@ class DefaultSuite(InstructionSuite):
         pass   # embedded in the package
 
     def load(self, ctx: EvalContext) -> tuple:
-        from ..config import DataConfig
-        from ..data import load_instructions, split_examples
+        from ..config.schema import DataConfig
+        from ..data.core import load_instructions, split_examples
 
         # The same call as distill_run.prepare with the default DataConfig, so the suite is the held-out split.
         defaults = DataConfig()

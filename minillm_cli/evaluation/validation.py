@@ -19,7 +19,7 @@ def _setup(engine) -> dict:
     cached = getattr(engine, "_validation_suites", None)
     if cached is not None:
         return cached
-    from ..models import resolve_model
+    from ..models.load import resolve_model
     from .select import build_evaluators
 
     config = engine.config

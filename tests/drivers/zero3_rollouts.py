@@ -9,10 +9,10 @@ import types
 
 import torch
 
-from minillm_cli import distributed
-from minillm_cli.generation import SamplingConfig
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
-from minillm_cli.rollout import sample_rollouts
+from minillm_cli.training import distributed
+from minillm_cli.models.generation import SamplingConfig
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
+from minillm_cli.training.rollout import sample_rollouts
 
 
 def main(student_dir, teacher_dir, out):

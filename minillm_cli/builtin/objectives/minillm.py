@@ -116,7 +116,7 @@ def batch_state(batch) -> dict:
 
 
 def batch_from_state(state: dict):
-    from ...batches import Batch
+    from ...data.batches import Batch
 
     return Batch(
         **{name: state[name] for name in _BATCH_TENSORS},
@@ -217,8 +217,8 @@ def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
     from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing."""
     import torch
 
-    from ...divergences import token_divergence
-    from ...losses import _chunks, _maybe_checkpoint
+    from ...losses.divergences import token_divergence
+    from ...losses.head import _chunks, _maybe_checkpoint
 
     mask = mask.bool()
     student_rows = student.hidden[mask]
@@ -312,7 +312,7 @@ class MiniLLM(Objective):
         add up to the per-token mean). With the step's ``plan`` (``prepare_step``: the LM batch fetched up front and
         Σ rollout / Σ LM tokens of the step, over processes) the sum is divided by ``ctx.num_tokens`` / that
         ratio instead: one per-token mean over all the step's plain text. Returns (term, metrics)."""
-        from ...losses import distill_loss, lm_loss
+        from ...losses.head import distill_loss, lm_loss
 
         o = self.options
         if plan is not None:
