@@ -238,7 +238,7 @@ def mutate(data: bytes, mutations) -> bytes:
 
 def load_cleanly(path: Path) -> None:
     """load_instructions either returns examples or raises a one-line MinillmError."""
-    from minillm_cli.data.core import InstructionExample, load_instructions
+    from minillm_cli.data.instructions import InstructionExample, load_instructions
 
     try:
         examples = load_instructions(path)
@@ -343,7 +343,7 @@ def test_mutated_recipes_load_or_fail_cleanly(tmp_path_factory, mutations):
 
 
 def _recipe_keys():
-    from minillm_cli.config.recipes import _leaves
+    from minillm_cli.config.recipes import config_keys as _leaves
 
     return [".".join(path) for path in _leaves()] + ["objective.name", "objective.ratio", "objective", "train",
                                                      "nonsense", "train.nonsense"]

@@ -80,7 +80,7 @@ def _engine(pair, tmp_path, objective, *, batch_size=8, grad_accum=1, steps=4, e
 
 
 def _params(engine):
-    return {k: v.detach().clone() for k, v in engine._unwrapped().state_dict().items()}
+    return {k: v.detach().clone() for k, v in engine.unwrapped().state_dict().items()}
 
 
 @pytest.mark.parametrize("objective", [CEObjective, KLObjective])

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from minillm_cli.data.core import tokenize_prompts
+from minillm_cli.data.tokenization import tokenize_prompts
 from minillm_cli.errors import MinillmError
 from minillm_cli.evaluation import exposure
 from minillm_cli.evaluation.exposure import _position_means, _running_mean, exposure_bias, per_token_errors

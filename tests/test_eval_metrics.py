@@ -113,7 +113,8 @@ def test_distinct_4():
 def test_test_loss_is_brute_force_cross_entropy(refs, tokenizer):
     import torch
 
-    from minillm_cli.data.core import InstructionExample, format_prompt
+    from minillm_cli.data.instructions import InstructionExample
+    from minillm_cli.data.prompts import format_prompt
     from minillm_cli.models.load import load_model
 
     model = load_model(refs[0])

@@ -81,7 +81,7 @@ def _engine(pair, tmp_path, objective, steps=4, every=0, **train):
 
 
 def _params(engine):
-    return {k: v.detach().clone() for k, v in engine._unwrapped().state_dict().items()}
+    return {k: v.detach().clone() for k, v in engine.unwrapped().state_dict().items()}
 
 
 def _optimizer_moments(engine):

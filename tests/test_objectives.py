@@ -407,7 +407,7 @@ def _data_context(refs, tmp_path, seed=0, **sampling):
 
 
 def _instruction_examples(tmp_path):
-    from minillm_cli.data.core import load_instructions
+    from minillm_cli.data.instructions import load_instructions
 
     path = tmp_path / "train.jsonl"
     rows = [

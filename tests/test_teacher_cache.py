@@ -9,12 +9,14 @@ from safetensors import safe_open
 
 from conftest import run_cli
 from minillm_cli.data.batches import make_batch
-from minillm_cli.data.core import tokenize_examples, InstructionExample
+from minillm_cli.data.instructions import InstructionExample
+from minillm_cli.data.tokenization import tokenize_examples
 from minillm_cli.errors import MinillmError
 from minillm_cli.models.forward import forward_hidden
 from minillm_cli.losses.head import distill_loss
 from minillm_cli.models.load import load_model
-from minillm_cli.training.teacher_cache import TeacherCache, bucket_logprobs, compute_topk, logits_path, save
+from minillm_cli.losses.cached import bucket_logprobs
+from minillm_cli.training.teacher_cache import TeacherCache, compute_topk, logits_path, save
 
 RECORDS = [
     {"instruction": "Name the capital of France.", "input": "", "output": "The capital of France is Paris."},

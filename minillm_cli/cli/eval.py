@@ -39,7 +39,7 @@ def eval_command(
     """Evaluate models: Rouge-L (mean ± std over seeds), exact match, length buckets, Dist-4, test loss; a table,
     results.json, report.md, a PNG plot and the generations. `minillm eval --model M` runs offline on the
     embedded default suite."""
-    from .generate import _parse_seeds
+    from .parsing import parse_seeds
 
     if from_generations is not None:
         from ..runs.eval import run_rescore
@@ -63,7 +63,7 @@ def eval_command(
         models=list(model or []),
         suites=suite,
         out=out or Path("runs/eval"),
-        seeds=_parse_seeds(seeds),
+        seeds=parse_seeds(seeds),
         sampling=SamplingConfig(
             temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
             no_repeat_ngram_size=no_repeat_ngram,

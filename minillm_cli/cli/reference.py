@@ -23,11 +23,12 @@ def builtin_app():
     """A fresh ``minillm`` Typer app with only the builtin commands."""
     import typer
 
-    from ..builtin.commands import register_commands
+    from ..plugins import load_plugins
     from . import app as main_app
 
     app = typer.Typer(name="minillm", help=main_app.info.help, no_args_is_help=True, add_completion=False)
-    register_commands(cli=app)
+    # Through the plugin manager (nothing outside builtin/ imports it); that plugin alone, not installed ones.
+    load_plugins().get_plugin("minillm_cli.builtin.commands").register_commands(cli=app)
     return app
 
 

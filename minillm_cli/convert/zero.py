@@ -1,8 +1,8 @@
-"""``minillm convert zero``: a DeepSpeed ZeRO checkpoint (optimizer shards of every process) to a Hugging Face
-directory with safetensors.
+"""A DeepSpeed ZeRO checkpoint (the optimizer shards of every process) to a Hugging Face directory, verified.
 
-DeepSpeed keeps the fp32 master weights partitioned across the ``zero_pp_rank_*`` files; its
-``zero_to_fp32`` reassembles them for any stage (1, 2, 3), whatever the number of processes that wrote them.
+``minillm convert zero`` writes safetensors. DeepSpeed keeps the fp32 master weights partitioned across the
+``zero_pp_rank_*`` files; its ``zero_to_fp32`` reassembles them for any stage (1, 2, 3), whatever the number of
+processes that wrote them.
 The architecture and tokenizer come from the checkpoint's ``student/`` directory (minillm writes it beside
 ``zero/``) or from ``--model``. The result is reloaded and checked on a probe batch like every conversion.
 """
@@ -32,6 +32,7 @@ def find_zero_dir(checkpoint: Path) -> Path:
 
 
 def strip_prefix(state: dict) -> dict:
+    """The state dict without the wrappers' name prefixes (PREFIXES) that every key carries."""
     for prefix in PREFIXES:
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix):]: value for key, value in state.items()}
@@ -66,8 +67,8 @@ def convert_zero(checkpoint, out, *, model: Optional[str] = None, dtype: str = "
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from . import core as convert
     from ..models.load import quiet_transformers, resolve_model
+    from .verify import dtype_name, load_source_tokenizer, prepare_out, save_and_verify
 
     started = time.perf_counter()
     checkpoint = Path(checkpoint).expanduser()
@@ -79,8 +80,8 @@ def convert_zero(checkpoint, out, *, model: Optional[str] = None, dtype: str = "
             "model directory (its config.json and tokenizer)"
         )
     ref = resolve_model(str(model_dir))
-    dtype = convert.dtype_name(dtype)
-    out = convert._prepare_out(out, ref, overwrite)
+    dtype = dtype_name(dtype)
+    out = prepare_out(out, ref, overwrite)
     quiet_transformers()
     state = zero_state_dict(zero_dir, tag)
     config = AutoConfig.from_pretrained(model_dir)
@@ -93,8 +94,8 @@ def convert_zero(checkpoint, out, *, model: Optional[str] = None, dtype: str = "
         raise MinillmError(f"the ZeRO checkpoint does not fit the model of '{model_dir}' ({problem}); pass the right --model")
     hf_model.tie_weights()
     hf_model.eval()
-    tokenizer = convert._load_tokenizer(ref)
-    report = convert._save_and_verify("zero", ref, hf_model, tokenizer, out, dtype, started, overwrite=overwrite)
+    tokenizer = load_source_tokenizer(ref)
+    report = save_and_verify("zero", ref, hf_model, tokenizer, out, dtype, started, overwrite=overwrite)
     report.source = str(zero_dir)
     return report
 

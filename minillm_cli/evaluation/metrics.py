@@ -106,7 +106,8 @@ def test_loss(
     import torch
 
     from ..data.batches import make_batch
-    from ..data.core import InstructionExample, tokenize_examples
+    from ..data.instructions import InstructionExample
+    from ..data.tokenization import tokenize_examples
     from ..models.forward import forward_hidden
     from ..losses.head import lm_loss
 

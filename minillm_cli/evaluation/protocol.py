@@ -33,8 +33,9 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
 
     A record keeps what re-scoring needs (references) and what a reader wants to see (prompt, generation).
     """
-    from ..data.core import format_prompt, tokenize_prompts
-    from ..runs.generate import _generate_with_progress
+    from ..data.prompts import format_prompt
+    from ..data.tokenization import tokenize_prompts
+    from ..models.generation import generate_with_progress
     from ..models.generation import GenerationStats, generate
 
     prompt_ids, kept, dropped = tokenize_prompts(
@@ -55,7 +56,7 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
                 ctx.model, ctx.tokenizer, prompt_ids, ctx.sampling, seed=seed, batch_size=ctx.batch_size, stats=stats
             )
         else:
-            generations = _generate_with_progress(
+            generations = generate_with_progress(
                 ctx.console, ctx.model, ctx.tokenizer, prompt_ids, ctx.sampling, seed, ctx.batch_size, stats
             )
         by_seed[seed] = [

@@ -87,7 +87,8 @@ def _log_mix(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     return mixed.masked_fill(both_zero, float("-inf"))
 
 
-def _check_weight(name: str, value: float) -> float:
+def check_weight(name: str, value: float) -> float:
+    """A mixture weight as a float in [0, 1], or a ValueError naming it."""
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -114,7 +115,7 @@ def jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor, beta: floa
     TRL's GKDTrainer.generalized_jsd_loss, the exact end points return the limits of the *normalised* divergence:
     beta == 0 gives forward KL and beta == 1 reverse KL (a deliberate discontinuity in scale at the ends).
     """
-    beta = _check_weight("beta", beta)
+    beta = check_weight("beta", beta)
     if beta == 0.0:
         return fkl_per_token(student_logprobs, teacher_logprobs)
     if beta == 1.0:
@@ -128,13 +129,13 @@ def skl_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor, alpha: flo
 
     alpha = 0 is forward KL; alpha = 1 is 0. Bounded by log(1 / alpha), since the mixture is at least alpha p.
     """
-    alpha = _check_weight("alpha", alpha)
+    alpha = check_weight("alpha", alpha)
     return _kl(teacher_logprobs, _log_mix(teacher_logprobs, student_logprobs, alpha))
 
 
 def srkl_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor, alpha: float = 0.1) -> Tensor:
     """Skew reverse KL (DistiLLM): SRKL_alpha = KL(q || alpha q + (1 - alpha) p). alpha = 0 is reverse KL."""
-    alpha = _check_weight("alpha", alpha)
+    alpha = check_weight("alpha", alpha)
     return _kl(student_logprobs, _log_mix(student_logprobs, teacher_logprobs, alpha))
 
 
@@ -160,7 +161,7 @@ DIVERGENCES: dict[str, Callable[..., Tensor]] = {
 # Masking, chunking and reduction, shared by every loss.
 
 
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """At least float32: bf16/fp16 are upcast, float64 is kept."""
     dtype = torch.float32
     for tensor in tensors:
@@ -173,7 +174,8 @@ def _check_logits(name: str, logits: Tensor) -> None:
         raise ValueError(f"{name} must be floating-point logits [..., V], got {logits.dtype} {tuple(logits.shape)}")
 
 
-def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+def check_logit_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    """Student and teacher logits of the same width over the same positions, or a ValueError that says how."""
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
     student_width, teacher_width = student_logits.shape[-1], teacher_logits.shape[-1]
@@ -181,7 +183,7 @@ def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
         raise ValueError(
             f"teacher logits have {teacher_width} entries and student logits {student_width}: token-level "
             "divergences need the same vocabulary on both sides; trim both to the shared vocabulary first "
-            "(minillm_cli.vocab.check_vocab with trim=True)"
+            "(minillm_cli.models.vocab.check_vocab with trim=True)"
         )
     if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
         raise ValueError(
@@ -292,10 +294,10 @@ def divergence(
         inspect.signature(kernel).bind(None, None, **params)
     except TypeError as error:
         raise TypeError(f"divergence '{name}': {error}") from None
-    _check_pair(student_logits, teacher_logits)
+    check_logit_pair(student_logits, teacher_logits)
     _check_reduction(reduction, num_tokens, chunk_size)
     mask = _bool_mask(mask, student_logits.shape[:-1], student_logits.device)
-    row_fn = functools.partial(_divergence_rows, kernel, params, _compute_dtype(student_logits, teacher_logits))
+    row_fn = functools.partial(_divergence_rows, kernel, params, compute_dtype(student_logits, teacher_logits))
     values, index = _map_rows(row_fn, (student_logits, teacher_logits), mask, chunk_size)
     return _reduce(values, index, mask.shape, reduction, num_tokens)
 
@@ -306,8 +308,8 @@ def rows_divergence(name: str, student_logits: Tensor, teacher_logits: Tensor, *
     No mask, no gathering, no chunking: the caller (``losses``, which gathers the counted rows and chunks them
     itself) already did that, and the index copies ``divergence`` makes of [N, V] logits would be wasted.
     """
-    _check_pair(student_logits, teacher_logits)
-    dtype = _compute_dtype(student_logits, teacher_logits)
+    check_logit_pair(student_logits, teacher_logits)
+    dtype = compute_dtype(student_logits, teacher_logits)
     return _divergence_rows(_kernel(name), params, dtype, student_logits, teacher_logits)
 
 
@@ -391,6 +393,6 @@ def cross_entropy(student_logits, labels, mask, *, chunk_size=None, reduction="m
     width = student_logits.shape[-1]
     if counted.numel() and bool(((counted < 0) | (counted >= width)).any()):
         raise ValueError(f"a counted label lies outside the vocabulary [0, {width}); mask out ignored positions")
-    row_fn = functools.partial(_cross_entropy_rows, _compute_dtype(student_logits))
+    row_fn = functools.partial(_cross_entropy_rows, compute_dtype(student_logits))
     values, index = _map_rows(row_fn, (student_logits, labels.long()), mask, chunk_size)
     return _reduce(values, index, mask.shape, reduction, num_tokens)

@@ -31,14 +31,6 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 
-def head_parameters(head) -> Optional[tuple]:
-    """The parameters a head declared (``head.parameters``), or None when it declared none."""
-    params = getattr(head, "parameters", None)
-    if params is None or callable(params):
-        return None
-    return tuple(params)
-
-
 def fused_chunk_sum(
     chunk_loss: Callable,
     rows,
@@ -181,13 +173,13 @@ def value_and_grad(name: str, student_logits, teacher_logits, **params):
 
 def _resolve(name: str, params: dict):
     """(closed-form name, its weight) for a divergence and its parameters, or None when there is no closed form."""
-    from .divergences import _check_weight
+    from .divergences import check_weight
 
     if name not in CLOSED_FORMS or set(params) - set(CLOSED_FORMS[name]):
         return None
     weight = None
     for key, default in CLOSED_FORMS[name].items():      # the mixtures' one parameter: beta or alpha
-        weight = _check_weight(key, params.get(key, default))
+        weight = check_weight(key, params.get(key, default))
     if name == "jsd" and weight in (0.0, 1.0):           # the end points are the KLs themselves
         return ("fkl" if weight == 0.0 else "rkl"), None
     return name, weight
@@ -218,11 +210,11 @@ def _closed_form(name, weight, student_logits, make_teacher, *, owned: bool, ce=
 
     import torch
 
-    from .divergences import _check_pair, _compute_dtype
+    from .divergences import check_logit_pair, compute_dtype
 
     teacher = make_teacher()
-    _check_pair(student_logits, teacher)
-    dtype = _compute_dtype(student_logits, teacher)
+    check_logit_pair(student_logits, teacher)
+    dtype = compute_dtype(student_logits, teacher)
 
     def mixture(log_a, a_weight, log_b):
         """log(w a + (1 − w) b), a new buffer."""
@@ -355,11 +347,11 @@ def weighted_ce_and_divergence(
     """
     import torch
 
-    from .head import _denominator, _fused_parameters
+    from .chunks import fused_parameters, per_token_denominator
 
     mask = mask.bool()
     rows = student.hidden[mask]
-    params = _fused_parameters(rows, student.head)
+    params = fused_parameters(rows, student.head)
     if params is None:
         return None
     targets, teacher_rows = labels[mask], teacher.hidden[mask]
@@ -392,7 +384,7 @@ def weighted_ce_and_divergence(
         return ce_weight * ce + divergence_weight * value
 
     total = fused_chunk_sum(chunk_loss, rows, (targets, teacher_rows), params, chunk_tokens)
-    denominator = _denominator(num_tokens, rows.shape[0])
+    denominator = per_token_denominator(num_tokens, rows.shape[0])
     ce_sum = torch.stack(parts["ce"]).sum() if parts["ce"] else total.new_zeros(())
     divergence_sum = torch.stack(parts["divergence"]).sum() if parts["divergence"] else total.new_zeros(())
     return total / denominator, ce_sum / denominator, divergence_sum / denominator

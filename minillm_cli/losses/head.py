@@ -7,7 +7,7 @@ Every loss returns (sum over its tokens) / ``num_tokens``: the caller passes the
 optimizer step, so the per-token mean is taken exactly once.
 
 When a gradient is needed and the head declares its parameters (``forward.output_head`` does), the chunks go
-through ``fused_head.fused_chunk_sum`` instead of checkpointing: each chunk is projected and differentiated once,
+through ``fused.fused_chunk_sum`` instead of checkpointing: each chunk is projected and differentiated once,
 in the forward pass, so neither model's projection is recomputed in the backward pass (same values, same
 gradients, less work). Per chunk the divergence runs straight on the [chunk, V] logits (no masking, no index
 copies: every gathered row counts).
@@ -18,37 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..models.forward import Forward
-
-
-def _chunks(total: int, chunk_tokens: Optional[int]):
-    size = total if not chunk_tokens or chunk_tokens <= 0 else chunk_tokens
-    for start in range(0, total, max(size, 1)):
-        yield start, min(start + size, total)
-
-
-def _maybe_checkpoint(function, *args):
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return checkpoint(function, *args, use_reentrant=False)
-    return function(*args)
-
-
-def _denominator(num_tokens, fallback: int):
-    return float(num_tokens) if num_tokens is not None else float(max(fallback, 1))
-
-
-def _fused_parameters(rows, head):
-    """The head's parameters when the fused path applies (a gradient is needed and the head declared them)."""
-    import torch
-
-    from .fused import head_parameters
-
-    params = head_parameters(head)
-    if params is None or not torch.is_grad_enabled():
-        return None
-    return params if rows.requires_grad or any(p.requires_grad for p in params) else None
+from .chunks import checkpointed, chunk_bounds, fused_parameters, per_token_denominator
 
 
 def distill_loss(
@@ -65,9 +35,8 @@ def distill_loss(
     import torch
 
     from .divergences import rows_divergence
-    from ..training.teacher_cache import CachedTeacher
 
-    if isinstance(teacher, CachedTeacher):  # offline top-k teacher logits (data.teacher_logits)
+    if not isinstance(teacher, Forward):  # offline top-k teacher logits (data.teacher_logits): losses.cached
         return teacher.distill_loss(divergence, student, mask, num_tokens=num_tokens, chunk_tokens=chunk_tokens,
                                     **options)
     mask = mask.bool()
@@ -81,7 +50,7 @@ def distill_loss(
             teacher_logits = teacher.head(teacher_chunk)
         return rows_divergence(divergence, student_logits, teacher_logits, **options).sum()
 
-    params = _fused_parameters(student_rows, student.head)
+    params = fused_parameters(student_rows, student.head)
     if params is not None:
         from .fused import fused_chunk_sum, value_and_grad
 
@@ -95,10 +64,10 @@ def distill_loss(
                                   **options)
 
         total = fused_chunk_sum(fused_chunk, student_rows, (teacher_rows,), params, chunk_tokens)
-        return total / _denominator(num_tokens, student_rows.shape[0])
-    for start, end in _chunks(student_rows.shape[0], chunk_tokens):
-        total = total + _maybe_checkpoint(chunk_loss, student_rows[start:end], teacher_rows[start:end])
-    return total / _denominator(num_tokens, student_rows.shape[0])
+        return total / per_token_denominator(num_tokens, student_rows.shape[0])
+    for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
+        total = total + checkpointed(chunk_loss, student_rows[start:end], teacher_rows[start:end])
+    return total / per_token_denominator(num_tokens, student_rows.shape[0])
 
 
 def lm_loss(student: Forward, labels, mask, *, num_tokens=None, chunk_tokens: Optional[int] = None):
@@ -116,13 +85,13 @@ def lm_loss(student: Forward, labels, mask, *, num_tokens=None, chunk_tokens: Op
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64 (tests)
         return F.cross_entropy(logits, chunk_targets, reduction="sum")
 
-    params = _fused_parameters(rows, student.head)
+    params = fused_parameters(rows, student.head)
     if params is not None:
         from .fused import cross_entropy_value_and_grad, fused_chunk_sum
 
         total = fused_chunk_sum(lambda chunk, chunk_targets: cross_entropy_value_and_grad(student.head(chunk), chunk_targets),
                                 rows, (targets,), params, chunk_tokens)
-        return total / _denominator(num_tokens, rows.shape[0])
-    for start, end in _chunks(rows.shape[0], chunk_tokens):
-        total = total + _maybe_checkpoint(chunk_loss, rows[start:end], targets[start:end])
-    return total / _denominator(num_tokens, rows.shape[0])
+        return total / per_token_denominator(num_tokens, rows.shape[0])
+    for start, end in chunk_bounds(rows.shape[0], chunk_tokens):
+        total = total + checkpointed(chunk_loss, rows[start:end], targets[start:end])
+    return total / per_token_denominator(num_tokens, rows.shape[0])

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 PROMPT_FORMATS = ("alpaca", "chat")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model that an installed Python package ships, which ``minillm convert`` converts offline.
+
+    find_gguf: callable returning the GGUF file, or None when the package is not installed; it must not import
+        the package (importing one may need native libraries that conversion does not).
+    not_installed: the error shown when ``find_gguf`` finds nothing: what ships where and how to install it.
+    """
+
+    find_gguf: Callable[[], Optional[Path]]
+    not_installed: str = ""
 
 
 @dataclass(frozen=True)
@@ -22,6 +36,9 @@ class ModelFamily:
     name_patterns: lower-case substrings of a model's name that pick this family over a generic family with
         the same model_type (SmolLM2 checkpoints are ``llama`` models).
     local_source: optional callable alias -> local path, for weights shipped by an installed package.
+    description: one line shown by ``minillm plugins``.
+    packaged: lower-case alias -> PackagedModel, for the GGUF models installed packages ship under that alias
+        (``minillm convert gguf ALIAS`` converts them even once the alias names the converted directory).
     """
 
     name: str
@@ -34,6 +51,7 @@ class ModelFamily:
     name_patterns: tuple[str, ...] = ()
     local_source: Optional[Callable[[str], Optional[str]]] = None
     description: str = ""
+    packaged: Mapping[str, PackagedModel] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.prompt_format not in PROMPT_FORMATS:

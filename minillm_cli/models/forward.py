@@ -39,7 +39,7 @@ def output_head(model, width: int | None = None) -> Callable:
             logits = torch.tanh(logits / cap) * cap
         return logits[..., :width] if width is not None and width < logits.shape[-1] else logits
 
-    head.parameters = tuple(projection.parameters())  # what the fused chunked losses differentiate (fused_head)
+    head.parameters = tuple(projection.parameters())  # what the fused chunked losses differentiate (losses.fused)
     return head
 
 

@@ -152,3 +152,23 @@ def _eos_ids(tokenizer, model) -> set[int]:
     elif configured:
         ids.update(configured)
     return {i for i in ids if i is not None}
+
+
+def generate_with_progress(console, model, tokenizer, prompt_ids, sampling, seed, batch_size, stats):
+    """``generate`` for one seed with a transient progress bar on ``console`` that shows tokens per second."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    started_tokens, started = stats.tokens, time.perf_counter()
+    with Progress(
+        TextColumn(f"seed {seed}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("generate", total=len(prompt_ids), speed="")
+
+        def on_batch(sequences: int, _tokens: int) -> None:
+            rate = (stats.tokens - started_tokens) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=sequences, speed=f"{rate:.1f} tok/s")
+
+        return generate(
+            model, tokenizer, prompt_ids, sampling, seed=seed, batch_size=batch_size, on_batch=on_batch, stats=stats
+        )

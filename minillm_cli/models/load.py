@@ -171,7 +171,7 @@ def _family_for_hub(hub_id: str) -> ModelFamily:
         # Detection reads the config only; code a repository ships never runs here (trust_remote_code=False).
         config = AutoConfig.from_pretrained(hub_id, trust_remote_code=False)
     except OSError as exc:
-        raise _hub_error(hub_id, exc) from exc
+        raise hub_error(hub_id, exc) from exc
     except ValueError as exc:
         raise _remote_code_error(hub_id, exc) from exc
     return detect_family(config.model_type, [hub_id], hub_id)
@@ -188,7 +188,8 @@ def _remote_code_error(name: str, exc: Exception) -> Exception:
     )
 
 
-def _hub_error(name: str, exc: Exception) -> MinillmError:
+def hub_error(name: str, exc: Exception) -> MinillmError:
+    """The error for a model that is neither cached nor fetchable: offline or not, and what to do instead."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     reason = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be fetched from the hub"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -235,7 +236,7 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.source, trust_remote_code=trust_remote_code, **ref.load_kwargs())
     except OSError as exc:
-        raise _hub_error(ref.spec, exc) from exc
+        raise hub_error(ref.spec, exc) from exc
     except ValueError as exc:
         raise _remote_code_error(ref.spec, exc) from exc
     if tokenizer.pad_token is None:
@@ -256,7 +257,7 @@ def load_model(
     Weights come from safetensors or, for ``.bin`` files, through transformers' torch.load(weights_only=True);
     model code shipped with the weights runs only with ``trust_remote_code`` (see ``load_tokenizer``).
     ``placement``: from_pretrained's device_map/max_memory, spreading a large model over devices as it loads
-    (``distributed.teacher_device_map``).
+    (``training.sharding.teacher_device_map``).
     """
     from transformers import AutoModelForCausalLM
 
@@ -268,7 +269,7 @@ def load_model(
                 **(placement or {}),
             )
     except OSError as exc:
-        raise _hub_error(ref.spec, exc) from exc
+        raise hub_error(ref.spec, exc) from exc
     except ValueError as exc:
         raise _remote_code_error(ref.spec, exc) from exc
     if ref.gguf_file and getattr(model.config, "quantization_config", None) is not None:

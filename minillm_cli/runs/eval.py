@@ -71,7 +71,7 @@ def run_eval(
     """Evaluate every model on every suite; write the reports and return the report dict."""
     from rich.console import Console
 
-    from .generate import pick_device
+    from ..models.device import pick_device
     from ..models.load import load_model, load_tokenizer, resolve_model
     from ..evaluation.provenance import describe_model
 

@@ -10,15 +10,8 @@ from typing import Optional, Sequence
 
 from ..atomic import atomic_open
 from ..errors import MinillmError
-from ..models.generation import GenerationStats, SamplingConfig, generate
-
-
-def pick_device(device: Optional[str]):
-    import torch
-
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from ..models.device import pick_device
+from ..models.generation import GenerationStats, SamplingConfig, generate, generate_with_progress
 
 
 def run_generate(
@@ -49,7 +42,9 @@ def run_generate(
     """
     from rich.console import Console
 
-    from ..data.core import format_prompt, load_instructions, tokenize_prompts
+    from ..data.instructions import load_instructions
+    from ..data.prompts import format_prompt
+    from ..data.tokenization import tokenize_prompts
     from ..models.load import load_model, load_tokenizer, resolve_model
 
     console = Console(stderr=True, quiet=quiet)
@@ -78,7 +73,7 @@ def run_generate(
         return stats
     generated = []
     for seed in seeds:
-        generations = _generate_with_progress(console, lm, tokenizer, prompt_ids, sampling, seed, batch_size, stats)
+        generations = generate_with_progress(console, lm, tokenizer, prompt_ids, sampling, seed, batch_size, stats)
         for index, generation in zip(kept, generations):
             example = examples[index]
             records.append({
@@ -97,7 +92,7 @@ def run_generate(
         f"({stats.tokens_per_second:.1f} tokens/s)" + (f" -> {out}" if out else "")
     )
     if mode == "generated":
-        from ..data.core import InstructionExample
+        from ..data.instructions import InstructionExample
 
         responses = [InstructionExample(e.instruction, e.input, [text], e.fields) for e, text in generated]
         _save_logits(console, lm, tokenizer, ref, responses, chosen_format, max_prompt_tokens, save_logits,
@@ -128,7 +123,7 @@ def _logits_mode(save_logits: int, logits_over: str, out, examples, prompts) -> 
 
 def _save_logits(console, lm, tokenizer, ref, examples, prompt_format, max_prompt_tokens, k, batch_size, out, model):
     """Tokenize (prompt, response) pairs exactly as training does, run the model teacher-forced, save the top k."""
-    from ..data.core import tokenize_examples
+    from ..data.tokenization import tokenize_examples
     from ..training.teacher_cache import compute_topk, logits_path, save
 
     tokenized = tokenize_examples(
@@ -144,25 +139,6 @@ def _save_logits(console, lm, tokenizer, ref, examples, prompt_format, max_promp
     console.print(f"saved top-{k} log-probabilities of {rows} response tokens ({len(tokenized.examples)} responses) "
                   f"in {time.perf_counter() - started:.1f} s -> {path}")
     return path
-
-
-def _generate_with_progress(console, model, tokenizer, prompt_ids, sampling, seed, batch_size, stats):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    started_tokens, started = stats.tokens, time.perf_counter()
-    with Progress(
-        TextColumn(f"seed {seed}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
-        TimeRemainingColumn(), console=console, transient=True,
-    ) as progress:
-        task = progress.add_task("generate", total=len(prompt_ids), speed="")
-
-        def on_batch(sequences: int, _tokens: int) -> None:
-            rate = (stats.tokens - started_tokens) / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, advance=sequences, speed=f"{rate:.1f} tok/s")
-
-        return generate(
-            model, tokenizer, prompt_ids, sampling, seed=seed, batch_size=batch_size, on_batch=on_batch, stats=stats
-        )
 
 
 def _write_jsonl(records, out: Optional[Path]) -> None:

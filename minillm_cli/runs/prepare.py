@@ -25,7 +25,7 @@ def ensure_hf_directory(ref, console=None):
     """GGUF weights are dequantised on every load (tens of seconds): convert once into MINILLM_HOME."""
     if not ref.gguf_file:
         return ref
-    from ..convert.core import convert_gguf
+    from ..convert.gguf import convert_gguf
     from ..models.load import resolve_model
     from ..paths import models_home
 
@@ -44,7 +44,7 @@ def ensure_hf_directory(ref, console=None):
 
 def student_from_teacher(teacher_ref, num_layers: int, console=None):
     """The default student: ``num_layers`` of the teacher's blocks, evenly spread, cached in MINILLM_HOME."""
-    from ..convert.core import cut_layers
+    from ..convert.layers import cut_layers
     from ..models.load import resolve_model
     from ..paths import models_home
 
@@ -61,11 +61,15 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
 
 
 def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
-    from ..data.core import load_instructions, load_texts, pack_texts, split_examples, tokenize_examples
+    from ..data.instructions import load_instructions
+    from ..data.prompts import resolve_prompt_format
+    from ..data.splits import train_valid_split
+    from ..data.texts import load_texts, pack_texts
+    from ..data.tokenization import tokenize_examples
     import time
 
     from ..training.engine import Engine, EngineData
-    from .generate import pick_device
+    from ..models.device import pick_device
     from ..models.generation import SamplingConfig
     from ..models.load import load_model, load_tokenizer, logit_width, resolve_model
     from ..objective import DataContext
@@ -103,7 +107,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         teacher_tokenizer = load_tokenizer(teacher_ref, trust_remote_code=trust)
         placement = None
         if config.parallel.teacher_shard == "device_map":   # a teacher larger than one device, spread over several
-            from ..training.distributed import teacher_device_map
+            from ..training.sharding import teacher_device_map
 
             placement = teacher_device_map()
         teacher = load_model(teacher_ref, dtype=config.train.teacher_dtype, trust_remote_code=trust, placement=placement)
@@ -123,14 +127,8 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples in '{data_cfg.train}' (it is empty, or holds only blank lines or a header); "
             "give data.train a file with instruction and output records"
         )
-    if data_cfg.valid:
-        train_examples = examples
-        valid_examples = load_instructions(data_cfg.valid, fields=data_cfg.fields)
-    else:
-        size = data_cfg.valid_size
-        splits = split_examples(examples, valid=int(size) if size >= 1 else size, test=0, seed=data_cfg.seed)
-        train_examples, valid_examples = splits["train"], splits["valid"]
-    prompt_format = data_cfg.prompt_format or student_ref.family.prompt_format
+    train_examples, valid_examples = train_valid_split(examples, data_cfg)
+    prompt_format = resolve_prompt_format(data_cfg, student_ref.family)
     g = config.generation
     data_context = DataContext(
         teacher=teacher_ref.display, teacher_family=teacher_ref.family.name, cache_dir=minillm_home() / "seqkd",
@@ -163,12 +161,17 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         valid_references=[valid_examples[e.index].references for e in valid_tok.examples],
         lm_chunks=lm_chunks,
     )
+    suite_validation = None
+    if config.eval.suites:   # extra suites at every validation, through the evaluator plugins
+        from ..evaluation.validation import SuiteValidation
+
+        suite_validation = SuiteValidation(config, tokenizer=tokenizer, prompt_format=prompt_format,
+                                           add_bos=student_ref.family.add_bos, vocab_width=width)
     engine = Engine(
         config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
-        progress=progress, started_at=started_at,
+        progress=progress, started_at=started_at, teacher_cache=teacher_cache, suite_validation=suite_validation,
     )
-    engine.teacher_cache = teacher_cache
     counts = {
         "train": len(train_tok.examples), "valid": len(valid_tok.examples),
         "dropped_long_prompts": train_tok.dropped_long_prompt + valid_tok.dropped_long_prompt,

@@ -123,13 +123,13 @@ def data_hashes(source: Optional[str], split: Optional[str], cache: HashCache) -
     """{"source", "files": {file: sha256}} of a data source; a hub dataset has no files here (files: null)."""
     if source is None:
         return None
-    from ..data.core import _default_resource, _split_files
+    from ..data.sources import packaged_resource, split_files
 
     info: dict[str, Any] = {"source": source, "files": None}
     if source == "default":
         from importlib.resources import as_file
 
-        with as_file(_default_resource("default_instructions.jsonl")) as path:
+        with as_file(packaged_resource("default_instructions.jsonl")) as path:
             info["files"] = {"default_instructions.jsonl": file_sha256(Path(path))}
         return info
     path = Path(source).expanduser()
@@ -137,7 +137,7 @@ def data_hashes(source: Optional[str], split: Optional[str], cache: HashCache) -
         info["files"] = {path.name: _hash_or_none(cache, path)}
     elif path.is_dir():
         try:
-            files = _split_files(path, split or "train")
+            files = split_files(path, split or "train")
         except Exception:  # noqa: BLE001 - loading already reported any problem; the hash is a record only
             return info
         info["files"] = {str(f.relative_to(path)): _hash_or_none(cache, f) for f in files}

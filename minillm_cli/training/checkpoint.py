@@ -106,7 +106,8 @@ def verify_checkpoint(path: Path, full: bool = True) -> Optional[str]:
     return None
 
 
-def _rng_states() -> dict:
+def rng_states() -> dict:
+    """This process's random states (Python, torch, CUDA, NumPy), in a form torch.save can store."""
     import numpy as np
     import torch
 
@@ -118,7 +119,8 @@ def _rng_states() -> dict:
     return states
 
 
-def _set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict) -> None:
+    """Restore the random states ``rng_states`` returned, so sampling continues as if never interrupted."""
     import numpy as np
     import torch
 
@@ -147,7 +149,7 @@ def save_checkpoint(
             save_model(model, str(tmp / "student.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"rng": _rng_states(), "engine_rng": engine_rng.getstate(), "objective": objective.state_dict()}, tmp / "states.pt")
+            torch.save({"rng": rng_states(), "engine_rng": engine_rng.getstate(), "objective": objective.state_dict()}, tmp / "states.pt")
             (tmp / "config.yaml").write_text(config_yaml)
             (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
             for name, source in (extra or {}).items():
@@ -281,7 +283,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, objective, engine_r
         else:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MinillmError(f"checkpoint '{path}' cannot be loaded ({first}); pick another with --resume PATH") from exc
-    _set_rng_states(states["rng"])
+    set_rng_states(states["rng"])
     version, internal, gauss = states["engine_rng"]
     engine_rng.setstate((version, tuple(internal), gauss))
     objective.load_state_dict(states["objective"])

