@@ -188,7 +188,7 @@ def test_choice_logprobs_match_brute_force(teacher, tokenizer):
         top = max(row)
         probs = [math.exp(v - top) / sum(math.exp(w - top) for w in row) for v in row]
         best = probs.index(max(probs))
-        assert confidence == pytest.approx(probs[best], rel=1e-9)
+        assert confidence == pytest.approx(probs[best], rel=1e-6)   # other batches: float noise of ~1e-8
         assert right == (best == example.label)
         assert 1 / len(row) <= confidence <= 1.0
 
