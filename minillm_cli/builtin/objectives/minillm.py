@@ -1,7 +1,8 @@
 """MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher, minimised by policy gradient (REFERENCE.md §1-2).
 
-Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``; its ``extras`` hold the log-probs
-recorded at sampling time, aligned with ``labels``):
+Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``, with the coins of ``mix_coins``: see
+``rollout``; its ``extras`` hold the log-probs recorded at sampling time, aligned with ``labels``: the rewards and
+importance weights below use those, and no teacher pass recomputes them):
 
 - rewards r_t = (log p(y_t) − log q_θold(y_t)) / reward_scale, clipped to ±reward_clip (detached: both are
   recorded at sampling, the teacher is frozen);
@@ -43,12 +44,23 @@ from ...objective import LossOutput, Objective, StepContext, option
 from ._common import in_unit_interval, needs_by_options, non_negative
 
 VARIANTS = ("paper", "reference")
+COIN_MODES = ("step", "row", "none")     # rollout.COIN_MODES (not imported: torch-free option checks)
 
 
 @dataclass
 class MiniLLMOptions:
     alpha: float = option(0.2, "Teacher-mix α of the rollout distribution α·p + (1−α)·q; 0 = the 'without "
                                "teacher-mixed sampling' ablation (importance weights all 1).")
+    mix_coins: str = option("step", "How rollouts sample the mixture. step: one coin c ~ Bernoulli(α) per decoding "
+                                    "step for the whole batch picks teacher or student for every row; the teacher "
+                                    "runs only at ≈ α of the steps (catching up its KV cache in one pass) but the "
+                                    "rows' choices are correlated within a batch: a higher variance of the "
+                                    "batch-mean gradient, never a bias. row: one coin per row and step: rows "
+                                    "independent (lower variance), the teacher runs whenever any row needs it "
+                                    "(≈ 1 − (1−α)^B of the steps). none: no coin, the teacher runs at every step "
+                                    "and the token is drawn from the mixture itself (sampling filters act on the "
+                                    "mixture, as in the LMOps code). Each row's tokens follow α·p + (1−α)·q "
+                                    "exactly in all three.")
     clip_eps: float = option(0.2, "PPO clipping ε of the ratio.")
     ppo_epochs: int = option(4, "Each optimizer step's rollouts serve this many consecutive optimizer steps.")
     single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
@@ -67,6 +79,8 @@ class MiniLLMOptions:
 
     def validate(self) -> list[str]:
         problems = in_unit_interval("alpha", self.alpha) + in_unit_interval("gamma", self.gamma)
+        if self.mix_coins not in COIN_MODES:
+            problems.append(f"mix_coins must be one of {', '.join(COIN_MODES)}, got {self.mix_coins!r}")
         if not self.clip_eps > 0:
             problems.append(f"clip_eps must be > 0, got {self.clip_eps}")
         if not (isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1):
@@ -266,7 +280,7 @@ class MiniLLM(Objective):
         rewards and advantages attached) once the stored buffer has served ``ppo_epochs`` optimizer steps;
         otherwise the stored buffer again (the incoming gold batches are then not used)."""
         if not self._rollouts or self._uses >= self.options.ppo_epochs or len(self._rollouts) != len(batches):
-            self._rollouts = [ctx.sample_mixed(batch, self.options.alpha) for batch in batches]
+            self._rollouts = [self._sample_mixed(batch, ctx) for batch in batches]
             self.attach_advantages(self._rollouts, ctx.sum_over_processes)
             self._uses = 0
         device = batches[0].input_ids.device
@@ -277,6 +291,12 @@ class MiniLLM(Objective):
             return list(self._rollouts)
         self._plan_lm(self._rollouts, ctx)
         return list(self._rollouts)
+
+    def _sample_mixed(self, batch, ctx: StepContext):
+        """Teacher-mixed rollouts for the batch's prompts. ``coins`` is passed only when it is not the engine's
+        default, so contexts written for the two-argument ``sample_mixed(batch, alpha)`` keep working."""
+        coins = {} if self.options.mix_coins == "step" else {"coins": self.options.mix_coins}
+        return ctx.sample_mixed(batch, self.options.alpha, **coins)
 
     def _plan_lm(self, rollouts, ctx: StepContext):
         """Fetch the step's LM batches (one per micro-batch) up front and count their tokens over micro-batches and
