@@ -63,6 +63,12 @@ class MiniLLMOptions:
                                     "exactly in all three.")
     clip_eps: float = option(0.2, "PPO clipping ε of the ratio.")
     ppo_epochs: int = option(4, "Each optimizer step's rollouts serve this many consecutive optimizer steps.")
+    keep_teacher_hidden: bool = option(True, "Keep the teacher's final hidden states of each stored rollout batch "
+                                             "(B × T × d, on the teacher's device) from its first PPO epoch for the "
+                                             "single-step term of the others: the teacher is frozen and the rollouts "
+                                             "fixed, so the loss is the same with one teacher pass per rollout "
+                                             "batch instead of ppo_epochs; False recomputes them (saves that memory "
+                                             "between steps).")
     single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
                                      "returns then include step t, as in the undecomposed gradient).")
     length_norm: bool = option(True, "Length-normalise the returns (False: the ablation, plain sums).")
@@ -274,6 +280,7 @@ class MiniLLM(Objective):
         self._rollouts: list = []
         self._uses = 0
         self._lm_plan: dict = {}   # id(rollout batch) -> (its LM batch, token ratio) for this step (_plan_lm)
+        self._teacher_kept: dict = {}   # id(rollout batch) -> (that batch, its teacher Forward) (_teacher_forward)
 
     def prepare_step(self, batches, ctx: StepContext):
         """The step's rollout buffer: fresh teacher-mixed rollouts for the incoming prompts (one per micro-batch,
@@ -283,9 +290,11 @@ class MiniLLM(Objective):
             self._rollouts = [self._sample_mixed(batch, ctx) for batch in batches]
             self.attach_advantages(self._rollouts, ctx.sum_over_processes)
             self._uses = 0
+            self._teacher_kept = {}
         device = batches[0].input_ids.device
         if self._rollouts[0].input_ids.device != device:      # restored from a checkpoint (CPU)
             self._rollouts = [rollout.to(device) for rollout in self._rollouts]
+            self._teacher_kept = {}
         self._uses += 1
         if self.options.lm_weight <= 0:
             return list(self._rollouts)
@@ -325,6 +334,24 @@ class MiniLLM(Objective):
     def load_state_dict(self, state: dict) -> None:
         self._rollouts = [batch_from_state(rollout) for rollout in state.get("rollouts", [])]
         self._uses = int(state.get("uses", 0))
+        self._teacher_kept = {}       # not checkpointed: the next epoch's pass recomputes them
+
+    def _teacher_forward(self, batch, ctx: StepContext):
+        """The teacher's forward pass over a rollout batch. For a batch of the stored buffer it is made at the
+        first PPO epoch that uses the batch and kept until the last (``keep_teacher_hidden``): the teacher is
+        frozen and the batch fixed, so every epoch's pass would give the same hidden states. Every process keeps
+        or recomputes on the same epochs, so collective teacher passes (ZeRO-3) stay matched; a partitioned
+        teacher's kept pass holds its gathered head too."""
+        o = self.options
+        if not o.keep_teacher_hidden or o.ppo_epochs == 1 or not any(batch is r for r in self._rollouts):
+            return ctx.teacher_forward(batch)
+        kept = self._teacher_kept.get(id(batch))
+        if kept is None or kept[0] is not batch:
+            kept = (batch, ctx.teacher_forward(batch))
+            self._teacher_kept[id(batch)] = kept
+        if self._uses >= o.ppo_epochs:            # the buffer's last epoch: free them now, not at the next refresh
+            self._teacher_kept.pop(id(batch), None)
+        return kept[1]
 
     def lm_term(self, ctx: StepContext, share: float, plan=None):
         """L_PT on the next LM batch: ((1 − r)·CE + r·FKL) summed over its tokens, divided by its own token count,
@@ -395,7 +422,7 @@ class MiniLLM(Objective):
         o = self.options
         mask = batch.loss_mask.bool()
         student = ctx.student_forward(batch)
-        teacher = ctx.teacher_forward(batch)
+        teacher = self._teacher_forward(batch, ctx)
         logprobs, rkl = token_logprobs_and_rkl(student, teacher, batch.labels, mask, ctx.chunk_tokens)
 
         rewards, adv = self.advantages(batch)
