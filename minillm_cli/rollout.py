@@ -258,7 +258,8 @@ def sample_rollouts(
         for start in range(0, len(prompts), batch_size):
             chunk = [list(p) for p in prompts[start:start + batch_size]]
             if _needs_eager_teacher(coins, alpha, sampling):
-                _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device, result)
+                _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device,
+                              result)
             else:
                 _sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, generator, vocab_width,
                                          eos, pad, device, result)
@@ -273,6 +274,9 @@ def _needs_eager_teacher(coins: str, alpha: float, sampling: SamplingConfig) -> 
     partitioned teacher relies on it) and for greedy decoding with 0 < α < 1, whose argmax of p̃ needs p at every
     step (with α 0 or 1, p̃ is one model's distribution and every coin is certain)."""
     return coins == "none" or (sampling.temperature == 0 and 0.0 < alpha < 1.0)
+
+
+_COIN_SEED_OFFSET = 0x9E3779B97F4A7C15   # 2^64 / golden ratio: any fixed odd offset would do
 
 
 class _Coins:
@@ -305,8 +309,6 @@ class _Coins:
         heads = torch.rand(count, generator=self.generator, dtype=torch.float64) < self.alpha
         return heads.expand(size).clone() if self.mode == "step" else heads
 
-
-_COIN_SEED_OFFSET = 0x9E3779B97F4A7C15   # 2^64 / golden ratio: any fixed odd offset would do
 
 
 def _sample_chunk(student, teacher, chunk, sampling, alpha, generator, width, eos, pad, device, result):
@@ -361,7 +363,6 @@ def _sample_chunk(student, teacher, chunk, sampling, alpha, generator, width, eo
     result.finished.extend(bool(f) for f in finished.tolist())
 
 
-
 def _sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, generator, width, eos, pad, device,
                              result):
     """Coin-mixed sampling of one batch (module docstring): the student decodes every step, the teacher only when
@@ -387,7 +388,7 @@ def _sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, 
         tokens = logits.argmax(dim=-1) if sampling.temperature == 0 else draw(logits, sampling, generator)
         tokens = tokens.masked_fill(finished, pad)
         sampled.append(tokens)
-        sampled_logq.append(logq.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+        sampled_logq.append(_pick(logq, tokens))
         alive.append(~done)
         finished = finished | (tokens == eos)
         done = finished.cpu()

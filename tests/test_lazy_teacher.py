@@ -104,7 +104,7 @@ def test_each_rows_first_two_tokens_follow_the_mixture(sharp_pair, coins):
     first = torch.tensor([r[0] for r in rollouts.responses])
     p, q = _next_token_probs(teacher, prompt), _next_token_probs(student, prompt)
     assert 0.5 * float((p - q).abs().sum()) > 0.3, "teacher and student must differ for the test to mean something"
-    z, empirical = _frequency_z_scores(first, batch_of_row, p, q, alpha, coins == "step")
+    z, _ = _frequency_z_scores(first, batch_of_row, p, q, alpha, coins == "step")
     assert float(z.max()) < Z, float(z.max())
     z_student, _ = _frequency_z_scores(first, batch_of_row, q, q, alpha, coins == "step")
     assert float(z_student.max()) > 3 * Z                # the test tells the mixture from the student alone
@@ -176,7 +176,8 @@ def test_other_families_with_learned_positions(tmp_path):
     """gpt2 has learned absolute positions: the catch-up passes' position ids must be right for padded rows."""
     shared = make_tiny_tokenizer()
     student = load_model(resolve_model(str(make_tiny_model(tmp_path / "s", "gpt2", seed=1, tokenizer=shared))))
-    teacher = load_model(resolve_model(str(make_tiny_model(tmp_path / "t", "gpt2", layers=3, seed=2, tokenizer=shared))))
+    teacher_dir = make_tiny_model(tmp_path / "t", "gpt2", layers=3, seed=2, tokenizer=shared)
+    teacher = load_model(resolve_model(str(teacher_dir)))
     tokenizer = load_tokenizer(resolve_model(str(tmp_path / "s")))
     rollouts = sample_rollouts(student, teacher, tokenizer, _prompts(tokenizer), SamplingConfig(max_new_tokens=8),
                                alpha=0.4, seed=4)
