@@ -42,10 +42,10 @@ def rss_mib() -> float:
 def worker(args) -> dict:
     import torch
 
-    from minillm_cli.config import DistillConfig
-    from minillm_cli.distill_run import ensure_hf_directory, student_from_teacher
-    from minillm_cli.engine import Engine, EngineData
-    from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+    from minillm_cli.config.schema import DistillConfig
+    from minillm_cli.runs.prepare import ensure_hf_directory, student_from_teacher
+    from minillm_cli.training.engine import Engine, EngineData
+    from minillm_cli.models.load import load_model, load_tokenizer, logit_width, resolve_model
     from minillm_cli.plugins import get_objective
 
     torch.manual_seed(0)

@@ -36,10 +36,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from minillm_cli.data import load_instructions, tokenize_prompts
-    from minillm_cli.distill_run import ensure_hf_directory
-    from minillm_cli.generation import GenerationStats, SamplingConfig, generate
-    from minillm_cli.models import load_model, load_tokenizer, resolve_model
+    from minillm_cli.data.instructions import load_instructions
+    from minillm_cli.data.tokenization import tokenize_prompts
+    from minillm_cli.runs.prepare import ensure_hf_directory
+    from minillm_cli.models.generation import GenerationStats, SamplingConfig, generate
+    from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 
     console = Console()
     ref = ensure_hf_directory(resolve_model(args.model), console)

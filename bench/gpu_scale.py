@@ -93,8 +93,8 @@ def worker(args) -> dict:
     """One setting in this process: prepare the run as `minillm distill` does, time train_step."""
     import torch
 
-    from minillm_cli.distill_run import prepare
-    from minillm_cli.recipes import load_config
+    from minillm_cli.runs.prepare import prepare
+    from minillm_cli.config.recipes import load_config
 
     cuda = args.device.startswith("cuda")
     overrides = [

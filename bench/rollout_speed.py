@@ -47,11 +47,12 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from minillm_cli.data import load_instructions, tokenize_prompts
-    from minillm_cli.distill_run import ensure_hf_directory, student_from_teacher
-    from minillm_cli.generation import GenerationStats, SamplingConfig, generate
-    from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
-    from minillm_cli.rollout import sample_rollouts
+    from minillm_cli.data.instructions import load_instructions
+    from minillm_cli.data.tokenization import tokenize_prompts
+    from minillm_cli.runs.prepare import ensure_hf_directory, student_from_teacher
+    from minillm_cli.models.generation import GenerationStats, SamplingConfig, generate
+    from minillm_cli.models.load import load_model, load_tokenizer, logit_width, resolve_model
+    from minillm_cli.training.rollout import sample_rollouts
 
     console = Console(width=max(Console().width, 120))
     teacher_ref = ensure_hf_directory(resolve_model(args.teacher), console)
@@ -71,7 +72,7 @@ def main() -> None:
 
     def run_plain(model, seed):
         """model.generate itself: no wrapper, the same settings; tokens up to and including the first eos."""
-        from minillm_cli.generation import _eos_ids, left_pad
+        from minillm_cli.models.generation import _eos_ids, left_pad
 
         config = sampling.generation_config(tokenizer)
         eos = _eos_ids(tokenizer, model)

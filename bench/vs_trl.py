@@ -112,8 +112,8 @@ def tiny_models(out_dir: Path, vocab: int, tokenizer_dir: str) -> tuple[str, str
 
 
 def model_dirs(args) -> dict[str, tuple[str, str]]:
-    from minillm_cli.distill_run import ensure_hf_directory, student_from_teacher
-    from minillm_cli.models import resolve_model
+    from minillm_cli.runs.prepare import ensure_hf_directory, student_from_teacher
+    from minillm_cli.models.load import resolve_model
 
     teacher_ref = ensure_hf_directory(resolve_model(args.teacher))
     student_ref = student_from_teacher(teacher_ref, args.student_layers)
@@ -157,9 +157,9 @@ def model_flops(student: dict, teacher: dict, sequence_tokens: float, loss_token
 def minillm_worker(args, teacher_dir: str, student_dir: str) -> dict:
     import torch
 
-    from minillm_cli.config import DistillConfig
-    from minillm_cli.engine import Engine, EngineData
-    from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+    from minillm_cli.config.schema import DistillConfig
+    from minillm_cli.training.engine import Engine, EngineData
+    from minillm_cli.models.load import load_model, load_tokenizer, logit_width, resolve_model
     from minillm_cli.plugins import get_objective
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ the functions that need them, so importing this package is cheap.
 
 from .errors import MinillmError
 from .evaluation.base import EvalContext, Evaluator, SuiteResult
-from .families import ModelFamily
+from .models.family import ModelFamily
 from .hookspecs import hookimpl
 from .objective import LossOutput, Objective, StepContext, option
 

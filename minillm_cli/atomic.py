@@ -1,4 +1,5 @@
-"""Write files so that a crash never leaves a half-written result: write beside, fsync, then rename."""
+"""Safe file writes: a crash never leaves a half-written result (write beside, fsync, rename), and processes
+that make the same file take turns (an exclusive file lock)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,30 @@ def remove_stale_siblings(directory: str | os.PathLike, only: Iterable[str] | No
         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         removed.append(child)
     return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created if needed) among processes of this machine: the processes of a run
+    that all want the same file converted into MINILLM_HOME take turns, and the later ones find it done."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_path(target: Path) -> Path:
+    """Where the lock of a file made in MINILLM_HOME lives: beside it in ``MINILLM_HOME/locks``, not among the
+    models."""
+    import hashlib
+
+    from .paths import minillm_home
+
+    digest = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:16]
+    return minillm_home() / "locks" / f"{Path(target).name}-{digest}.lock"

@@ -94,21 +94,21 @@ def shared_data() -> Path:
 # A tiny teacher/student pair sharing one tokenizer, for objective tests: (student ref, teacher ref).
 @pytest.fixture(scope="module")
 def refs(tiny_models):
-    from minillm_cli.models import resolve_model
+    from minillm_cli.models.load import resolve_model
 
     return resolve_model(str(tiny_models("llama", seed=1))), resolve_model(str(tiny_models("llama", layers=3, seed=2)))
 
 
 @pytest.fixture(scope="module")
 def tokenizer(refs):
-    from minillm_cli.models import load_tokenizer
+    from minillm_cli.models.load import load_tokenizer
 
     return load_tokenizer(refs[0])
 
 
 @pytest.fixture(scope="module")
 def teacher(refs):
-    from minillm_cli.models import load_model
+    from minillm_cli.models.load import load_model
 
     return load_model(refs[1])
 
@@ -117,7 +117,7 @@ def teacher(refs):
 def student(refs):
     import torch
 
-    from minillm_cli.models import load_model
+    from minillm_cli.models.load import load_model
 
     torch.manual_seed(0)
     return load_model(refs[0], trainable=True)

@@ -152,7 +152,7 @@ def tiny_gguf(tiny_models, tmp_path_factory):
 
 @pytest.mark.parametrize("keep", [0, 3, 24, 0.25, 0.5, 0.9, -1])
 def test_truncated_gguf_is_one_line(tiny_gguf, tmp_path, keep):
-    from minillm_cli.models import resolve_model
+    from minillm_cli.models.load import resolve_model
 
     data = tiny_gguf.read_bytes()
     size = keep if isinstance(keep, int) and keep >= 0 else (len(data) - 1 if keep == -1 else int(len(data) * keep))
@@ -238,7 +238,7 @@ def mutate(data: bytes, mutations) -> bytes:
 
 def load_cleanly(path: Path) -> None:
     """load_instructions either returns examples or raises a one-line MinillmError."""
-    from minillm_cli.data import InstructionExample, load_instructions
+    from minillm_cli.data.instructions import InstructionExample, load_instructions
 
     try:
         examples = load_instructions(path)
@@ -323,7 +323,7 @@ checkpoint: {every: 40, keep: 2}
 
 
 def config_cleanly(path: Path) -> None:
-    from minillm_cli.recipes import dump_config, load_config
+    from minillm_cli.config.recipes import dump_config, load_config
 
     try:
         config, options = load_config(path)
@@ -343,7 +343,7 @@ def test_mutated_recipes_load_or_fail_cleanly(tmp_path_factory, mutations):
 
 
 def _recipe_keys():
-    from minillm_cli.recipes import _leaves
+    from minillm_cli.config.recipes import config_keys as _leaves
 
     return [".".join(path) for path in _leaves()] + ["objective.name", "objective.ratio", "objective", "train",
                                                      "nonsense", "train.nonsense"]

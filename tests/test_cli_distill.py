@@ -16,9 +16,9 @@ import pytest
 from conftest import run_cli
 import torch
 
-from minillm_cli.engine import Engine
+from minillm_cli.training.engine import Engine
 from minillm_cli.pytest_plugin import TINY_DISTILL
-from minillm_cli.recipes import load_config
+from minillm_cli.config.recipes import load_config
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 
 # Settings that make one run take a second or two on a CPU (the pytest plugin's, shared with plugin authors).
@@ -325,7 +325,7 @@ def test_time_budget_must_be_positive(teacher, tmp_path, capsys):
 def test_interrupted_run_resumes_exactly(objective, teacher, home, tmp_path, capsys, monkeypatch):
     """Ctrl-C after step 1 exits 130 with a checkpoint; --resume then gives the uninterrupted run's losses
     (on-policy sampling included: the RNG states and the objective's state are in the checkpoint)."""
-    from minillm_cli import engine
+    from minillm_cli.training import streams
 
     extra = ["objective.lmbda=1"] if objective == "gkd" else ["objective.init_threshold=1", "objective.replay_capacity=2"]
     args = ["--objective", objective, "train.steps=4", "checkpoint.every=0", *extra]
@@ -333,14 +333,14 @@ def test_interrupted_run_resumes_exactly(objective, teacher, home, tmp_path, cap
     code, _, err = distill(capsys, teacher, straight, *args)
     assert code == 0, err
 
-    original = engine._StopFlag.__enter__
+    original = streams.StopFlag.__enter__
 
     def ctrl_c_at_once(self):
         original(self)
         self.requested = True                                       # as if Ctrl-C came during step 1
         return self
 
-    monkeypatch.setattr(engine._StopFlag, "__enter__", ctrl_c_at_once)
+    monkeypatch.setattr(streams.StopFlag, "__enter__", ctrl_c_at_once)
     stopped = tmp_path / "stopped"
     code, _, err = distill(capsys, teacher, stopped, *args)
     assert code == 130
@@ -348,7 +348,7 @@ def test_interrupted_run_resumes_exactly(objective, teacher, home, tmp_path, cap
     assert not (stopped / "final").exists()
     assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["step-000001"]
 
-    monkeypatch.setattr(engine._StopFlag, "__enter__", original)
+    monkeypatch.setattr(streams.StopFlag, "__enter__", original)
     code, _, err = run(capsys, "distill", "--resume", stopped, "--no-progress")
     assert code == 0, err
     assert "at step 1" in flat(err)

@@ -109,8 +109,9 @@ def test_same_seed_twice_gives_identical_files(model, prompts, tmp_path, capsys)
 def test_temperature_zero_is_greedy(model, prompts, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from minillm_cli.data import load_instructions, tokenize_prompts
-    from minillm_cli.models import load_tokenizer, resolve_model
+    from minillm_cli.data.instructions import load_instructions
+    from minillm_cli.data.tokenization import tokenize_prompts
+    from minillm_cli.models.load import load_tokenizer, resolve_model
 
     out = tmp_path / "greedy.jsonl"
     code, _, err = generate(capsys, model, "--prompts", prompts, "--out", out, "--seeds", "1,2", "--temperature", "0")

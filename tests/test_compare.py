@@ -12,7 +12,8 @@ import yaml
 
 from minillm_cli.compare.plan import PLANS_DIR, load_plan
 from minillm_cli.pytest_plugin import TINY_RECORDS, write_tiny_data
-from minillm_cli.recipes import list_recipes, load_config, recipe_path
+from minillm_cli.config.library import list_recipes, recipe_path
+from minillm_cli.config.recipes import load_config
 
 SHIPPED = PLANS_DIR / "smollm2_dolly.yaml"
 

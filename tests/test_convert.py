@@ -12,16 +12,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from conftest import BUILTIN_FAMILIES  # noqa: E402
 from minillm_cli import MinillmError  # noqa: E402
-from minillm_cli import convert as convert_module  # noqa: E402
+from minillm_cli.convert import verify as convert_module  # noqa: E402
 from minillm_cli.cli import convert as convert_cli  # noqa: E402
-from minillm_cli.convert import (  # noqa: E402
-    choose_layers,
-    convert_dtype,
-    convert_gguf,
-    convert_smollm2,
-    cut_layers,
-)
-from minillm_cli.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from minillm_cli.convert.dtype import convert_dtype  # noqa: E402
+from minillm_cli.convert.gguf import convert_gguf, convert_smollm2  # noqa: E402
+from minillm_cli.convert.layers import choose_layers, cut_layers  # noqa: E402
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model  # noqa: E402
 from minillm_cli.plugins import get_family  # noqa: E402
 
 

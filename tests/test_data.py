@@ -11,20 +11,12 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from minillm_cli import data  # noqa: E402
-from minillm_cli.data import (  # noqa: E402
-    ALPACA_PROMPT,
-    ALPACA_PROMPT_WITH_INPUT,
-    FieldMap,
-    InstructionExample,
-    format_prompt,
-    load_instructions,
-    load_texts,
-    pack_texts,
-    split_examples,
-    tokenize_examples,
-    tokenize_prompts,
-)
+import minillm_cli as data  # noqa: E402  (the package folder holds resources/)
+from minillm_cli.data.instructions import FieldMap, InstructionExample, load_instructions  # noqa: E402
+from minillm_cli.data.prompts import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, format_prompt  # noqa: E402
+from minillm_cli.data.splits import split_examples  # noqa: E402
+from minillm_cli.data.texts import load_texts, pack_texts  # noqa: E402
+from minillm_cli.data.tokenization import tokenize_examples, tokenize_prompts  # noqa: E402
 from minillm_cli.errors import MinillmError  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -375,7 +367,7 @@ def test_split_counts_and_fractions():
 
 def test_split_independent_of_hash_seed():
     code = (
-        "from minillm_cli.data import split_examples;"
+        "from minillm_cli.data.splits import split_examples;"
         "s = split_examples([str(i) for i in range(30)], valid=0.2, test=3, seed=7);"
         "print(s['valid'], s['test'])"
     )

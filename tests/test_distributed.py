@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm_cli.distributed import deepspeed_available
+from minillm_cli.training.distributed import deepspeed_available
 
 PAIRS = [
     ("The capital of France is", "Paris."), ("List three colours:", "red, green, blue."), ("Two plus two is", "four."),
@@ -143,8 +143,8 @@ def test_checkpoint_of_two_processes_resumes_on_one(setup, kd_two):
 @needs_deepspeed
 @pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_zero_stage_trains_resumes_and_converts(setup, kd_two, stage, tmp_path):
-    from minillm_cli.convert import probe_logits
-    from minillm_cli.zero import convert_zero
+    from minillm_cli.convert.verify import probe_logits
+    from minillm_cli.convert.zero import convert_zero
 
     zero = ["--engine", "deepspeed", "--zero-stage", str(stage), "checkpoint.every=2"]
     run = distill(setup, f"zero{stage}", "kd", processes=2, batch=2, steps=4, extra=zero)
@@ -191,7 +191,7 @@ def test_zero3_teacher_rollouts_in_lock_step(setup, tmp_path):
     root, student, teacher, _ = setup
     driver = Path(__file__).parent / "drivers" / "zero3_rollouts.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    from minillm_cli.distributed import free_port
+    from minillm_cli.training.distributed import free_port
 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -217,13 +217,13 @@ def test_minillm_with_zero3_student_and_zero3_teacher_matches_one_process(setup)
 def test_device_map_teacher_in_lower_precision_trains_minillm(setup, monkeypatch):
     """teacher_shard=device_map loads the teacher spread over this process's devices (here: the CPU) in bf16;
     teacher-mixed sampling and the losses run on it."""
-    from minillm_cli import distributed
-    from minillm_cli.distill_run import prepare
-    from minillm_cli.recipes import load_config
+    from minillm_cli.training import sharding
+    from minillm_cli.runs.prepare import prepare
+    from minillm_cli.config.recipes import load_config
 
     placements = []
-    original = distributed.teacher_device_map
-    monkeypatch.setattr(distributed, "teacher_device_map", lambda: placements.append(original()) or placements[-1])
+    original = sharding.teacher_device_map
+    monkeypatch.setattr(sharding, "teacher_device_map", lambda: placements.append(original()) or placements[-1])
 
     root, student, teacher, data = setup
     config, options = load_config(None, overrides=[

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from minillm_cli import divergences as D
+from minillm_cli.losses import divergences as D
 from minillm_cli.errors import MinillmError
 
 B, T, V = 3, 7, 11

@@ -389,15 +389,15 @@ def test_plugin_snippets_register(register_plugin):
 
 
 def test_cli_reference_is_current():
-    from minillm_cli.docs_cli import render
+    from minillm_cli.cli.reference import render
 
     assert (DOCS / "cli.md").read_text(encoding="utf-8") == render(), (
-        "docs/cli.md is stale: regenerate it with `python -m minillm_cli.docs_cli > docs/cli.md`"
+        "docs/cli.md is stale: regenerate it with `python -m minillm_cli.cli.reference > docs/cli.md`"
     )
 
 
 def test_cli_reference_script_runs():
-    result = subprocess.run([sys.executable, "-m", "minillm_cli.docs_cli"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "minillm_cli.cli.reference"], capture_output=True, text=True,
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# CLI reference") and "## `minillm distill`" in result.stdout

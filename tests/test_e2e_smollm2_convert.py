@@ -24,8 +24,8 @@ def smollm2_gguf():
 
 
 def test_convert_real_smollm2(smollm2_gguf, tmp_path, monkeypatch):
-    from minillm_cli.convert import convert_smollm2
-    from minillm_cli.models import load_model, load_tokenizer, resolve_model
+    from minillm_cli.convert.gguf import convert_smollm2
+    from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     started = time.perf_counter()

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillm_cli.batches import make_batch
-from minillm_cli.config import DistillConfig
-from minillm_cli.engine import Engine, EngineData, ExampleStream
-from minillm_cli.forward import forward_hidden
-from minillm_cli.losses import distill_loss, lm_loss
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
+from minillm_cli.data.batches import make_batch
+from minillm_cli.config.schema import DistillConfig
+from minillm_cli.training.engine import Engine, EngineData, ExampleStream
+from minillm_cli.models.forward import forward_hidden
+from minillm_cli.losses.head import distill_loss, lm_loss
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 from minillm_cli.objective import LossOutput, Objective
-from minillm_cli.schedules import lr_multiplier
+from minillm_cli.training.schedules import lr_multiplier
 
 
 class CEObjective(Objective):
@@ -80,7 +80,7 @@ def _engine(pair, tmp_path, objective, *, batch_size=8, grad_accum=1, steps=4, e
 
 
 def _params(engine):
-    return {k: v.detach().clone() for k, v in engine._unwrapped().state_dict().items()}
+    return {k: v.detach().clone() for k, v in engine.unwrapped().state_dict().items()}
 
 
 @pytest.mark.parametrize("objective", [CEObjective, KLObjective])
@@ -169,7 +169,7 @@ def test_run_exports_final_and_best_and_keeps_checkpoints(pair, tmp_path):
 
 def test_example_stream_is_deterministic_and_shards_without_duplicates():
     examples = [_example([1], [2], i) for i in range(10)]
-    from minillm_cli.checkpoint import TrainerState
+    from minillm_cli.training.checkpoint import TrainerState
 
     single = ExampleStream(examples, 4, seed=3)
     state = TrainerState()

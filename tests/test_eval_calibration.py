@@ -164,7 +164,7 @@ EXAMPLES = [
 
 def _brute_force_logprob(model, tokenizer, example, choice):
     """log P(choice | formatted prompt), one unpadded sequence, token by token in float64."""
-    from minillm_cli.data import format_prompt
+    from minillm_cli.data.prompts import format_prompt
 
     prompt = tokenizer(format_prompt({"instruction": example.prompt, "input": example.input}), add_special_tokens=False)["input_ids"]
     full = tokenizer(format_prompt({"instruction": example.prompt, "input": example.input}) + choice,

@@ -76,8 +76,9 @@ def test_default_suite_end_to_end(default_run, model):
 
 
 def test_default_suite_is_the_split_distill_holds_out():
-    from minillm_cli.config import DataConfig
-    from minillm_cli.data import load_instructions, split_examples
+    from minillm_cli.config.schema import DataConfig
+    from minillm_cli.data.instructions import load_instructions
+    from minillm_cli.data.splits import split_examples
     from minillm_cli.evaluation.base import EvalContext
     from minillm_cli.evaluation.suites import DefaultSuite
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from minillm_cli.data import tokenize_prompts
+from minillm_cli.data.tokenization import tokenize_prompts
 from minillm_cli.errors import MinillmError
 from minillm_cli.evaluation import exposure
 from minillm_cli.evaluation.exposure import _position_means, _running_mean, exposure_bias, per_token_errors
@@ -80,11 +80,11 @@ def test_student_equal_to_teacher_has_no_excess_error(teacher, tokenizer, prompt
 def test_teacher_forced_student_accumulates_more_error_on_its_own_prefixes(student, teacher, tokenizer, prompts):
     """A student fitted (forward KL, teacher forcing) to the teacher on teacher-sampled prefixes has a small error
     on such prefixes and a larger one on the prefixes it samples itself: ExAccErr > 0."""
-    from minillm_cli.batches import make_batch
-    from minillm_cli.forward import forward_hidden
-    from minillm_cli.generation import SamplingConfig
-    from minillm_cli.losses import distill_loss
-    from minillm_cli.rollout import sample_rollouts
+    from minillm_cli.data.batches import make_batch
+    from minillm_cli.models.forward import forward_hidden
+    from minillm_cli.models.generation import SamplingConfig
+    from minillm_cli.losses.head import distill_loss
+    from minillm_cli.training.rollout import sample_rollouts
 
     seed = 0
     # The same seed as the measurement below: the teacher prefixes of epsilon are exactly the training prefixes.
@@ -116,7 +116,7 @@ def test_teacher_forced_student_accumulates_more_error_on_its_own_prefixes(stude
 
 
 def test_short_runs_and_bad_arguments(student, teacher, tokenizer, prompts, tiny_models):
-    from minillm_cli.models import load_model, resolve_model
+    from minillm_cli.models.load import load_model, resolve_model
 
     result = exposure_bias(student, teacher, tokenizer, prompts[:2], max_len=4, seed=1, samples=3)
     assert result["exaccerr_at_16"] is None

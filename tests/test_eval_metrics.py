@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from minillm_cli.evaluation import metrics, protocol
-from minillm_cli.metrics.rouge import rouge_l
+from minillm_cli.evaluation.rouge import rouge_l
 
 CASES = [
     ("The cat sat on the mat.", ["A cat was sitting on the mat"]),
@@ -113,8 +113,9 @@ def test_distinct_4():
 def test_test_loss_is_brute_force_cross_entropy(refs, tokenizer):
     import torch
 
-    from minillm_cli.data import InstructionExample, format_prompt
-    from minillm_cli.models import load_model
+    from minillm_cli.data.instructions import InstructionExample
+    from minillm_cli.data.prompts import format_prompt
+    from minillm_cli.models.load import load_model
 
     model = load_model(refs[0])
     examples = [

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from minillm_cli import MinillmError
-from minillm_cli.config import DistillConfig
-from minillm_cli.engine import Engine, EngineData
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
+from minillm_cli.config.schema import DistillConfig
+from minillm_cli.evaluation.validation import SuiteValidation
+from minillm_cli.training.engine import Engine, EngineData
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 from minillm_cli.objective import Objective
 
 
@@ -39,10 +40,13 @@ def _engine(dirs, tmp_path, **eval_options):
         setattr(config.eval, key, value)
     examples = [_example([5 + i, 6, 7], [20 + i, 21, tokenizer.eos_token_id], i) for i in range(8)]
     data = EngineData(train=examples, valid=examples[:4], valid_references=[["a b c"]] * 4)
+    family = resolve_model(str(student_dir)).family
+    suites = SuiteValidation(config, tokenizer=tokenizer, prompt_format=family.prompt_format, add_bos=family.add_bos,
+                             vocab_width=384) if config.eval.suites else None
     return Engine(
         config=config, objective=CEObjective(), student=load_model(resolve_model(str(student_dir)), trainable=True),
         teacher=load_model(resolve_model(str(teacher_dir))), tokenizer=tokenizer, data=data, vocab_width=384,
-        output_dir=tmp_path, config_yaml="", progress=False,
+        output_dir=tmp_path, config_yaml="", progress=False, suite_validation=suites,
     )
 
 
@@ -71,7 +75,7 @@ def test_extra_suites_run_through_the_evaluators(dirs, tmp_path):
     from minillm_cli.evaluation.suites import DefaultSuite
 
     family = resolve_model(str(dirs[0])).family
-    ctx = EvalContext(model_name="m", model=engine._unwrapped(), tokenizer=engine.tokenizer, seeds=[10, 20],
+    ctx = EvalContext(model_name="m", model=engine.unwrapped(), tokenizer=engine.tokenizer, seeds=[10, 20],
                       sampling=paper_sampling(4), batch_size=4, limit=2, prompt_format=family.prompt_format,
                       add_bos=family.add_bos)
     direct = DefaultSuite().evaluate(ctx)

@@ -79,7 +79,7 @@ def _supervise(spec_file: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from minillm_cli.checkpoint import list_checkpoints, verify_checkpoint
+    from minillm_cli.training.checkpoint import list_checkpoints, verify_checkpoint
     from minillm_cli.cli import build_app, main
 
     build_app()   # plugins are loaded once, before any fork
@@ -101,7 +101,7 @@ def _supervise(spec_file: str) -> None:
     events = [0]
 
     def straight():
-        from minillm_cli.engine import Engine
+        from minillm_cli.training.engine import Engine
 
         _kill_at_event(-1, events)
         original, first = Engine.train_step, []
@@ -280,7 +280,7 @@ def _copy(trained, tmp_path):
 
 
 def test_every_checkpoint_has_a_manifest_that_verifies(trained):
-    from minillm_cli.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
+    from minillm_cli.training.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
 
     found = list_checkpoints(trained)
     assert [p.name for p in found] == ["step-000001", "step-000002", "step-000003"]
@@ -294,7 +294,7 @@ def test_every_checkpoint_has_a_manifest_that_verifies(trained):
 
 @pytest.mark.parametrize("damage", ["no-manifest", "flipped-byte", "truncated", "missing-file"])
 def test_resume_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp_path, capsys, tiny_models, monkeypatch, damage):
-    from minillm_cli.checkpoint import MANIFEST
+    from minillm_cli.training.checkpoint import MANIFEST
 
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     output = _copy(trained, tmp_path)
@@ -345,7 +345,7 @@ def test_a_killed_save_leaves_nothing_resume_would_pick(trained, tmp_path):
     import shutil
 
     from minillm_cli.atomic import remove_stale_siblings
-    from minillm_cli.checkpoint import find_resume_checkpoint, list_checkpoints
+    from minillm_cli.training.checkpoint import find_resume_checkpoint, list_checkpoints
 
     output = _copy(trained, tmp_path)
     root = output / "checkpoints"
@@ -361,7 +361,7 @@ def test_a_killed_save_leaves_nothing_resume_would_pick(trained, tmp_path):
 def test_rotation_never_deletes_the_only_complete_checkpoint(trained, tmp_path, capsys, tiny_models, monkeypatch):
     """Newer checkpoints that are damaged do not count toward keep: the last good one survives every rotation.
     (Counting every directory, as before manifests, kept step-000003 and deleted the only good one.)"""
-    from minillm_cli.checkpoint import _rotate, list_checkpoints, verify_checkpoint
+    from minillm_cli.training.checkpoint import _rotate, list_checkpoints, verify_checkpoint
 
     output = _copy(trained, tmp_path)
     root = output / "checkpoints"
@@ -385,8 +385,8 @@ def test_full_disk_fails_the_save_clearly_and_keeps_the_previous_checkpoint(trai
     import safetensors.torch
     import torch
 
-    from minillm_cli import checkpoint
-    from minillm_cli.checkpoint import list_checkpoints, verify_checkpoint
+    from minillm_cli.training import checkpoint
+    from minillm_cli.training.checkpoint import list_checkpoints, verify_checkpoint
 
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     output = _copy(trained, tmp_path)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import run_cli
-from minillm_cli.config import DistillConfig
-from minillm_cli.engine import Engine, EngineData
+from minillm_cli.config.schema import DistillConfig
+from minillm_cli.training.engine import Engine, EngineData
 from minillm_cli.hookspecs import hookimpl
-from minillm_cli.losses import lm_loss
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
-from minillm_cli.numerics import NonFiniteStepsError, nonfinite_term
+from minillm_cli.losses.head import lm_loss
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
+from minillm_cli.training.numerics import NonFiniteStepsError, nonfinite_term
 from minillm_cli.objective import LossOutput, Objective
 
 
@@ -81,7 +81,7 @@ def _engine(pair, tmp_path, objective, steps=4, every=0, **train):
 
 
 def _params(engine):
-    return {k: v.detach().clone() for k, v in engine._unwrapped().state_dict().items()}
+    return {k: v.detach().clone() for k, v in engine.unwrapped().state_dict().items()}
 
 
 def _optimizer_moments(engine):

@@ -10,10 +10,10 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from minillm_cli import divergences as D
-from minillm_cli.forward import Forward
-from minillm_cli.fused_head import cross_entropy_value_and_grad, value_and_grad
-from minillm_cli.losses import distill_loss, lm_loss
+from minillm_cli.losses import divergences as D
+from minillm_cli.models.forward import Forward
+from minillm_cli.losses.fused import cross_entropy_value_and_grad, value_and_grad
+from minillm_cli.losses.head import distill_loss, lm_loss
 
 B, T, H, V = 3, 7, 6, 40
 CASES = [("fkl", {}), ("rkl", {}), ("jsd", {"beta": 0.3}), ("skl", {"alpha": 0.1}), ("srkl", {"alpha": 0.2}),
@@ -183,8 +183,8 @@ def test_kd_path_never_holds_two_full_float32_logit_tensors():
     two float32 [batch, length, vocab] tensors when chunked; unchunked it does not (so the probe can see them)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from minillm_cli.batches import make_batch
-    from minillm_cli.forward import forward_hidden
+    from minillm_cli.data.batches import make_batch
+    from minillm_cli.models.forward import forward_hidden
 
     vocab, batch, length, prompt = 4096, 2, 48, 8
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_kd_path_never_holds_two_full_float32_logit_tensors():
 @pytest.mark.parametrize("name,params", CASES[:-1], ids=[c[0] for c in CASES[:-1]])
 def test_ce_and_divergence_from_one_projection(name, params):
     """kd's weighted sum from one projection per chunk equals the two separate losses, values and gradients."""
-    from minillm_cli.fused_head import weighted_ce_and_divergence
+    from minillm_cli.losses.fused import weighted_ce_and_divergence
 
     student_head, teacher_head, hidden, teacher_hidden, mask, labels = setup()
     hidden.requires_grad_()

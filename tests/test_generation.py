@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from minillm_cli import MinillmError
-from minillm_cli.generation import GenerationStats, SamplingConfig, generate, left_pad
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
+from minillm_cli.models.generation import GenerationStats, SamplingConfig, generate, left_pad
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import types
 import pytest
 
 from minillm_cli.errors import MinillmError
-from minillm_cli.launch import LaunchOptions, distill_args, launcher_command, strip_local_rank
-from minillm_cli.recipes import load_config
+from minillm_cli.runs.launch import LaunchOptions, distill_args, launcher_command, strip_local_rank
+from minillm_cli.config.recipes import load_config
 
 
 def test_launcher_command_runs_minillm_on_every_process():
@@ -58,7 +58,7 @@ def test_parallel_options_are_checked_with_the_rest():
 
 
 def test_deepspeed_config_from_the_run(tmp_path, monkeypatch):
-    from minillm_cli.distributed import deepspeed_config
+    from minillm_cli.training.distributed import deepspeed_config
 
     monkeypatch.setenv("WORLD_SIZE", "4")
     config, _ = load_config(None, overrides=[
@@ -93,8 +93,8 @@ def test_deepspeed_config_from_the_run(tmp_path, monkeypatch):
 def test_plain_text_batches_are_sharded_across_processes():
     """Process r of N takes chunks [p + r·B, p + (r+1)·B) of each global batch of N·B: together exactly the chunks
     one process with batch N·B takes, and the position advances by N·B on each."""
-    from minillm_cli.checkpoint import TrainerState
-    from minillm_cli.engine import Engine
+    from minillm_cli.training.checkpoint import TrainerState
+    from minillm_cli.training.engine import Engine
 
     chunks = [[i, i + 100, i + 200] for i in range(10)]
 

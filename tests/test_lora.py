@@ -77,7 +77,7 @@ def test_adapter_only_export_merges_to_the_adapted_model(capsys, models, tmp_pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from minillm_cli.convert import probe_logits
+    from minillm_cli.convert.verify import probe_logits
 
     out = _distill(capsys, models, tmp_path / "run", "--steps", "2", "train.lora.merge_on_export=false",
                    "train.lora.target_modules=[q_proj,v_proj]")

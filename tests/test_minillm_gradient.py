@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minillm_cli.batches import make_batch
+from minillm_cli.data.batches import make_batch
 from minillm_cli.builtin.objectives.minillm import MiniLLM, MiniLLMOptions
-from minillm_cli.forward import Forward
+from minillm_cli.models.forward import Forward
 
 V, T = 4, 3
 OFFSETS = [sum(V ** k for k in range(n)) for n in range(T)]       # first table row of each prefix length

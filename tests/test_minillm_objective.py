@@ -13,7 +13,7 @@ from conftest import HELD_OUT, TRAIN
 import torch
 import torch.nn.functional as F
 
-from minillm_cli.batches import make_batch
+from minillm_cli.data.batches import make_batch
 from minillm_cli.builtin.objectives.minillm import (
     MiniLLM,
     MiniLLMOptions,
@@ -21,11 +21,11 @@ from minillm_cli.builtin.objectives.minillm import (
     length_normalised_returns,
     token_logprobs_and_rkl,
 )
-from minillm_cli.forward import forward_hidden
-from minillm_cli.generation import SamplingConfig
-from minillm_cli.models import logit_width
+from minillm_cli.models.forward import forward_hidden
+from minillm_cli.models.generation import SamplingConfig
+from minillm_cli.models.load import logit_width
 from minillm_cli.objective import StepContext
-from minillm_cli.rollout import sample_rollouts
+from minillm_cli.training.rollout import sample_rollouts
 
 
 
@@ -248,7 +248,7 @@ def test_single_step_term_is_brute_force_reverse_kl(student, teacher, tokenizer,
                                             rel=1e-5, abs=1e-6)
     # The exact term's gradient matches the full-logit reverse KL's (reference variant: unweighted).
     if variant == "reference":
-        from minillm_cli.losses import distill_loss
+        from minillm_cli.losses.head import distill_loss
 
         width = logit_width(student)
         value = distill_loss("rkl", forward_hidden(student, batch, width), ctx.teacher_forward(batch),
@@ -404,7 +404,7 @@ def test_needs_lm_chunks_iff_lm_weight():
 
 
 def test_lm_term_is_lm_loss_on_the_lm_batch(student, teacher, tokenizer):
-    from minillm_cli.losses import lm_loss
+    from minillm_cli.losses.head import lm_loss
 
     lm_calls = []
     objective = MiniLLM(MiniLLMOptions(lm_weight=0.7))
@@ -433,7 +433,7 @@ def test_lm_term_is_lm_loss_on_the_lm_batch(student, teacher, tokenizer):
 
 def test_lm_term_is_token_weighted_over_micro_batches(student, teacher, tokenizer):
     """Two micro-batches: the L_PT contributions add up to the per-LM-batch mean weighted by rollout tokens."""
-    from minillm_cli.losses import lm_loss
+    from minillm_cli.losses.head import lm_loss
 
     objective = MiniLLM(MiniLLMOptions(ppo_epochs=1))
     ctx = make_ctx(student, teacher, tokenizer)
@@ -447,7 +447,7 @@ def test_lm_term_is_token_weighted_over_micro_batches(student, teacher, tokenize
 
 
 def test_lm_kd_ratio_mixes_forward_kl(student, teacher, tokenizer):
-    from minillm_cli.losses import distill_loss, lm_loss
+    from minillm_cli.losses.head import distill_loss, lm_loss
 
     objective = MiniLLM(MiniLLMOptions(lm_kd_ratio=0.5))
     ctx = make_ctx(student, teacher, tokenizer)

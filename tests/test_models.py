@@ -6,7 +6,7 @@ import torch
 from conftest import BUILTIN_FAMILIES
 from minillm_cli import MinillmError
 from minillm_cli.builtin.families import smollm2_gguf_path
-from minillm_cli.models import load_model, load_tokenizer, logit_width, resolve_model
+from minillm_cli.models.load import load_model, load_tokenizer, logit_width, resolve_model
 
 
 @pytest.mark.parametrize("family", BUILTIN_FAMILIES)

@@ -9,10 +9,10 @@ from conftest import HELD_OUT, TRAIN
 import torch
 import torch.nn.functional as F
 
-from minillm_cli.batches import make_batch
-from minillm_cli.forward import forward_hidden
-from minillm_cli.generation import SamplingConfig, generate
-from minillm_cli.models import logit_width
+from minillm_cli.data.batches import make_batch
+from minillm_cli.models.forward import forward_hidden
+from minillm_cli.models.generation import SamplingConfig, generate
+from minillm_cli.models.load import logit_width
 from minillm_cli.objective import Objective, StepContext
 
 NAMES = ["sft", "kd", "seqkd", "rkl", "tvd", "gkd", "distillm"]
@@ -407,7 +407,7 @@ def _data_context(refs, tmp_path, seed=0, **sampling):
 
 
 def _instruction_examples(tmp_path):
-    from minillm_cli.data import load_instructions
+    from minillm_cli.data.instructions import load_instructions
 
     path = tmp_path / "train.jsonl"
     rows = [
@@ -420,7 +420,7 @@ def _instruction_examples(tmp_path):
 
 
 def test_seqkd_replaces_responses_and_caches_them(tmp_path, refs, monkeypatch):
-    import minillm_cli.generation as generation_module
+    import minillm_cli.models.generation as generation_module
 
     examples = _instruction_examples(tmp_path)
     calls = Counter()

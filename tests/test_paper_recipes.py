@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from minillm_cli.recipes import RECIPES_DIR, list_recipes, load_config
+from minillm_cli.config.library import RECIPES_DIR, list_recipes
+from minillm_cli.config.recipes import load_config
 
 NAMES = [name for name, _, _ in list_recipes()]
 MINILLM = [name for name in NAMES if name.endswith("_MiniLLM")]

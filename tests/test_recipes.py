@@ -13,17 +13,10 @@ from typer.testing import CliRunner
 
 from minillm_cli import MinillmError, hookimpl, plugins
 from minillm_cli.cli import recipes_cmd
-from minillm_cli.config import DistillConfig
+from minillm_cli.config.schema import DistillConfig
 from minillm_cli.objective import NoOptions, Objective, option
-from minillm_cli.recipes import (
-    RECIPES_DIR,
-    config_to_dict,
-    copy_recipe,
-    dump_config,
-    list_recipes,
-    load_config,
-    recipe_path,
-)
+from minillm_cli.config.library import RECIPES_DIR, copy_recipe, list_recipes, recipe_path
+from minillm_cli.config.recipes import config_to_dict, dump_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN_OBJECTIVES = "minillm_cli.builtin.objectives"
@@ -457,7 +450,7 @@ def test_cli_copy_refuses_to_overwrite_without_force(cli, tmp_path, monkeypatch)
 
 def test_importing_recipes_does_not_import_torch():
     code = (
-        "import sys; from minillm_cli import recipes; from minillm_cli.cli import recipes_cmd\n"
+        "import sys, minillm_cli.config.recipes; from minillm_cli.config import library as recipes; from minillm_cli.cli import recipes_cmd\n"
         "recipes.list_recipes()\n"
         "assert 'torch' not in sys.modules and 'yaml' not in sys.modules\n"
     )

@@ -69,7 +69,7 @@ def test_every_run_writes_run_info_beside_its_checkpoints(pair, home, tmp_path, 
     assert {"python", "torch", "transformers", "accelerate", "minillm"} <= set(versions)
     assert all(isinstance(versions[k], str) and versions[k] for k in ("python", "torch", "transformers", "accelerate", "minillm"))
 
-    from minillm_cli.recipes import load_config
+    from minillm_cli.config.recipes import load_config
 
     assert info["config"]["train"]["steps"] == 3 and info["config"]["objective"]["name"] == "kd"
     assert info["config"]["data"]["train"] == str(data)
@@ -110,7 +110,7 @@ def test_the_data_hash_follows_the_data(pair, home, tmp_path, capsys):
 
 
 def test_weight_hashes_are_cached_by_size_and_mtime(tmp_path):
-    from minillm_cli.run_info import HashCache
+    from minillm_cli.runs.run_info import HashCache
 
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(os.urandom(4096))

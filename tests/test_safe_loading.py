@@ -82,7 +82,7 @@ def test_a_checkpoint_holding_code_is_refused_and_the_code_never_runs(finished_r
     """Even with a manifest that matches (whoever planted the file could rewrite it), resuming refuses."""
     import torch
 
-    from minillm_cli.checkpoint import write_manifest
+    from minillm_cli.training.checkpoint import write_manifest
 
     run, _ = finished_run
     output = tmp_path / "run"
@@ -134,7 +134,7 @@ def custom_code_model(tiny_models, tmp_path, monkeypatch):
 
 
 def test_model_code_runs_only_with_trust_remote_code(custom_code_model):
-    from minillm_cli.models import ModelRef, load_model, load_tokenizer
+    from minillm_cli.models.load import ModelRef, load_model, load_tokenizer
     from minillm_cli.plugins import get_family
 
     directory, marker = custom_code_model
@@ -150,9 +150,9 @@ def test_model_code_runs_only_with_trust_remote_code(custom_code_model):
 
 
 def test_trust_remote_code_is_off_by_default_and_passed_through(tiny_models, tmp_path, capsys, monkeypatch):
-    from minillm_cli import models
-    from minillm_cli.config import DistillConfig
-    from minillm_cli.recipes import load_config
+    from minillm_cli.models import load as models
+    from minillm_cli.config.schema import DistillConfig
+    from minillm_cli.config.recipes import load_config
 
     assert DistillConfig().trust_remote_code is False
     assert load_config(overrides=["trust_remote_code=true"])[0].trust_remote_code is True
@@ -186,7 +186,7 @@ def test_model_loading_never_prompts(monkeypatch, custom_code_model):
     """transformers' own default (None) asks on the terminal and waits; minillm always passes a decision."""
     import builtins
 
-    from minillm_cli.models import ModelRef, load_model
+    from minillm_cli.models.load import ModelRef, load_model
     from minillm_cli.plugins import get_family
 
     def no_input(*args, **kwargs):

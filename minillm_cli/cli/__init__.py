@@ -39,8 +39,8 @@ def fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are Typer's; a MinillmError becomes one line on stderr and exit status 2."""
-    from ..distributed import quiet_deepspeed
-    from ..launch import strip_local_rank
+    from ..training.distributed import quiet_deepspeed
+    from ..runs.launch import strip_local_rank
 
     quiet_deepspeed()
     try:

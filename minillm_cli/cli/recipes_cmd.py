@@ -16,7 +16,7 @@ def list_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..recipes import RECIPES_DIR, list_recipes
+    from ..config.library import RECIPES_DIR, list_recipes
 
     rows = list_recipes()
     console = Console()
@@ -36,7 +36,7 @@ def list_command() -> None:
 @app.command("show")
 def show(name: str = typer.Argument(..., help="Recipe name, e.g. smollm2/135M_to_6L_KD.")) -> None:
     """Print a shipped recipe's YAML."""
-    from ..recipes import recipe_path
+    from ..config.library import recipe_path
 
     typer.echo(recipe_path(name).read_text(encoding="utf-8"), nl=False)
 
@@ -48,7 +48,7 @@ def copy(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file."),
 ) -> None:
     """Copy a shipped recipe so you can edit it; run it with `minillm distill --recipe DEST`."""
-    from ..recipes import copy_recipe
+    from ..config.library import copy_recipe
 
     target = copy_recipe(name, dest, force=force)
     typer.echo(f"copied {name} to {target}; run it with: minillm distill --recipe {target}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MinillmError, unknown_name
-from ..recipes import RECIPES_DIR
+from ..config.library import RECIPES_DIR
 
 PLANS_DIR = RECIPES_DIR / "compare"
 EXPORTS = ("final", "best")

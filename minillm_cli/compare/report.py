@@ -54,7 +54,7 @@ def training_summary(comparison, stage) -> dict:
 
 def _seconds_used(run: Path):
     """train.max_minutes' clock at the run's last checkpoint (None for runs from before it existed)."""
-    from ..checkpoint import list_checkpoints
+    from ..training.checkpoint import list_checkpoints
 
     checkpoints = list_checkpoints(run) if run.is_dir() else []
     state = _read_json(checkpoints[-1] / "trainer_state.json") if checkpoints else None

@@ -300,7 +300,7 @@ def _catch_stop_signals() -> dict:
 
 
 def _has_checkpoint(run: Path) -> bool:
-    from ..checkpoint import list_checkpoints, verify_checkpoint
+    from ..training.checkpoint import list_checkpoints, verify_checkpoint
 
     return run.is_dir() and any(verify_checkpoint(p, full=False) is None for p in list_checkpoints(run))
 

@@ -16,7 +16,7 @@ from typing import Optional
 from ..errors import MinillmError
 from ..objective import option
 from .base import EvalContext, Evaluator, SuiteResult
-from .suites import DATA_DIR_ENV, data_dirs
+from .suites import DATA_DIR_ENV, locate_data, suggested_path
 
 
 def _finite(value):
@@ -41,6 +41,17 @@ def _prompt_suite(name: str):
     return suite
 
 
+class _PromptsFromSuite(Evaluator):
+    """An evaluator whose prompts are the examples of the instruction suite its ``suite`` option names."""
+
+    def check(self, ctx: EvalContext) -> None:
+        _prompt_suite(self.options.suite).check(ctx)
+
+    def prompt_examples(self, ctx: EvalContext, limit: Optional[int]) -> tuple:
+        """(examples, the suite's settings) of that suite, ``limit`` standing in for --limit."""
+        return _prompt_suite(self.options.suite).load(dataclasses.replace(ctx, limit=limit))
+
+
 # --- exposure bias ---------------------------------------------------------------------------------------------
 
 
@@ -60,22 +71,18 @@ class ExposureOptions:
         return problems
 
 
-class ExposureEvaluator(Evaluator):
+class ExposureEvaluator(_PromptsFromSuite):
     name = "exposure"
     help = "Exposure bias: ExAccErr(l) of the model against --teacher on free-running prefixes (lower is better)."
     Options = ExposureOptions
     needs = frozenset({"model", "teacher"})
 
-    def check(self, ctx: EvalContext) -> None:
-        _prompt_suite(self.options.suite).check(ctx)
-
     def evaluate(self, ctx: EvalContext) -> SuiteResult:
-        from ..data import tokenize_prompts
+        from ..data.tokenization import tokenize_prompts
         from .exposure import exposure_bias
 
         opts = self.options
-        suite = _prompt_suite(opts.suite)
-        examples, source = suite.load(dataclasses.replace(ctx, limit=opts.limit))
+        examples, source = self.prompt_examples(ctx, opts.limit)
         examples = examples[:opts.limit]
         prompts, _, dropped = tokenize_prompts(
             examples, ctx.tokenizer, prompt_format=ctx.prompt_format, add_bos=ctx.add_bos,
@@ -135,16 +142,12 @@ class CalibrationEvaluator(Evaluator):
 
     def locate(self, ctx: EvalContext) -> Path:
         opts = self.options
-        if opts.path:
-            path = Path(opts.path).expanduser()
-            if not path.is_file():
-                raise MinillmError(f"calibration.path {opts.path} is not a file; pass a file ({_CHOICE_FORMAT})")
+        path, _ = locate_data(opts.path, ctx.data_dir, [Path(opts.task, f"{opts.split}.jsonl")])
+        if opts.path and not path.is_file():
+            raise MinillmError(f"calibration.path {opts.path} is not a file; pass a file ({_CHOICE_FORMAT})")
+        if path is not None:
             return path
-        for directory in data_dirs(ctx.data_dir):
-            path = directory / opts.task / f"{opts.split}.jsonl"
-            if path.is_file():
-                return path
-        target = data_dirs(ctx.data_dir)[0] / opts.task / f"{opts.split}.jsonl"
+        target = suggested_path(ctx.data_dir, opts.task, opts.split)
         raise MinillmError(
             f"no data for suite 'calibration': put the {opts.task} set at {target} ({_CHOICE_FORMAT}), pass "
             f"--data-dir DIR (or set {DATA_DIR_ENV}) with {opts.task}/{opts.split}.jsonl inside, or "
@@ -209,13 +212,10 @@ class JudgeOptions:
         return problems
 
 
-class JudgeEvaluator(Evaluator):
+class JudgeEvaluator(_PromptsFromSuite):
     name = "judge"
     help = "LLM-as-judge (the paper's GPT-4 feedback): model total / gold total of 1-10 scores, ×100."
     Options = JudgeOptions
-
-    def check(self, ctx: EvalContext) -> None:
-        _prompt_suite(self.options.suite).check(ctx)
 
     def evaluate(self, ctx: EvalContext) -> SuiteResult:
         import json
@@ -226,9 +226,8 @@ class JudgeEvaluator(Evaluator):
 
         opts = self.options
         client = JudgeClient(opts.url, opts.model, api_key_env=opts.api_key_env, timeout=opts.timeout, retries=opts.retries)
-        suite = _prompt_suite(opts.suite)
         limit = opts.limit if opts.limit is not None else ctx.limit
-        examples, source = suite.load(dataclasses.replace(ctx, limit=limit))
+        examples, source = self.prompt_examples(ctx, limit)
         seed = opts.seed if opts.seed is not None else ctx.seeds[0]
         by_seed, dropped = protocol.sample(dataclasses.replace(ctx, seeds=[seed]), examples, opts.suite)
         records = by_seed[seed]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 from ..errors import MinillmError
-from ..generation import SamplingConfig
+from ..models.generation import SamplingConfig
 from ..objective import NoOptions
 
 # The paper's protocol (REFERENCE.md §4): five generation seeds, pure sampling, no repeated 6-grams.

@@ -2,13 +2,13 @@
 Gu et al. 2023, which measures ECE on SST-2 and BoolQ zero-shot).
 
 Scoring. Each choice is scored by the model as a continuation of the prompt (formatted with the same prompt
-template as generation, ``data.format_prompt``): log P(choice | prompt) = sum of the log-probabilities of the
-choice's tokens, tokenised exactly as a training response is (``data.tokenize_examples``: the tokens of
-prompt + choice after the prompt's own, without the end-of-sequence token). A softmax over the choices' log
-probabilities gives the model's distribution restricted to the label set; its argmax is the prediction and
-its probability the confidence. The sum (not the mean) over tokens is the probability of the whole label
-string, so multi-token labels are not favoured by length normalisation; with the single-word labels of
-SST-2 and BoolQ the two agree.
+template as generation, ``data.prompts.format_prompt``): log P(choice | prompt) = sum of the
+log-probabilities of the choice's tokens, tokenised exactly as a training response is
+(``data.tokenization.tokenize_examples``: the tokens of prompt + choice after the prompt's own, without the
+end-of-sequence token). A softmax over the choices' log probabilities gives the model's distribution
+restricted to the label set; its argmax is the prediction and its probability the confidence. The sum (not the
+mean) over tokens is the probability of the whole label string, so multi-token labels are not favoured by
+length normalisation; with the single-word labels of SST-2 and BoolQ the two agree.
 
 ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 3): the confidences fall into ``bins``
 equal-width bins B_m = ((m-1)/M, m/M] (a confidence of exactly 0 goes into the first), and
@@ -83,12 +83,12 @@ class ChoiceExample:
 def load_choice_suite(path) -> list:
     """The examples of a suite file (see the module docstring for the formats); one-line errors name the file,
     the line (or item / row) and the field."""
-    from ..data import _file_records
+    from ..data.records import file_records
 
     file = Path(os.fspath(path)).expanduser()
     if not file.is_file():
         raise MinillmError(f"file not found: {path}" if not file.exists() else f"{path} is not a file")
-    examples = [_to_choice_example(record, label) for label, record in _file_records(file, str(path))]
+    examples = [_to_choice_example(record, label) for label, record in file_records(file, str(path))]
     if not examples:
         raise MinillmError(f"{path}: no examples (one JSON object per line: {_FORMATS_HINT})")
     return examples
@@ -218,10 +218,11 @@ def choice_logprobs(
     """log P(choice | prompt) for every choice of every example: ``result[i][j]`` for examples[i].choices[j]."""
     import torch
 
-    from ..batches import make_batch
-    from ..data import InstructionExample, tokenize_examples
-    from ..divergences import cross_entropy
-    from ..forward import forward_hidden
+    from ..data.batches import make_batch
+    from ..data.instructions import InstructionExample
+    from ..data.tokenization import tokenize_examples
+    from ..losses.divergences import cross_entropy
+    from ..models.forward import forward_hidden
 
     if batch_size < 1:
         raise MinillmError(f"batch size must be >= 1, got {batch_size}")

@@ -77,9 +77,9 @@ def per_token_errors(
     ``vocab_width``; the divergence runs in float32 (float64 for float64 models), see ``divergences``.
     """
 
-    from ..batches import make_batch
-    from ..divergences import token_divergence
-    from ..forward import forward_hidden, inference
+    from ..data.batches import make_batch
+    from ..losses.divergences import token_divergence
+    from ..models.forward import forward_hidden, inference
 
     errors: list[list[float]] = []
     with inference(student, teacher):
@@ -160,8 +160,8 @@ def exposure_bias(
     ``student_step_error`` / ``teacher_step_error`` (the per-position means r_t and e_t; None where no response
     reached the step).
     """
-    from ..generation import SamplingConfig
-    from ..rollout import sample_rollouts
+    from ..models.generation import SamplingConfig
+    from ..training.rollout import sample_rollouts
 
     if not prompts:
         raise MinillmError("exposure bias needs at least one prompt")

@@ -105,10 +105,11 @@ def test_loss(
     """
     import torch
 
-    from ..batches import make_batch
-    from ..data import InstructionExample, tokenize_examples
-    from ..forward import forward_hidden
-    from ..losses import lm_loss
+    from ..data.batches import make_batch
+    from ..data.instructions import InstructionExample
+    from ..data.tokenization import tokenize_examples
+    from ..models.forward import forward_hidden
+    from ..losses.head import lm_loss
 
     pairs = [
         InstructionExample(instruction=e.instruction, input=e.input, references=[reference])

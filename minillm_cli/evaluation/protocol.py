@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..atomic import atomic_open
 from ..errors import MinillmError
-from ..metrics.rouge import rouge_l
+from .rouge import rouge_l
 from .metrics import LENGTH_BUCKETS, bucket_means, distinct_n, exact_match, mean_std
 
 GENERATIONS_GLOB = "seed-*.jsonl"
@@ -33,9 +33,10 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
 
     A record keeps what re-scoring needs (references) and what a reader wants to see (prompt, generation).
     """
-    from ..data import format_prompt, tokenize_prompts
-    from ..generate_run import _generate_with_progress
-    from ..generation import GenerationStats, generate
+    from ..data.prompts import format_prompt
+    from ..data.tokenization import tokenize_prompts
+    from ..models.generation import generate_with_progress
+    from ..models.generation import GenerationStats, generate
 
     prompt_ids, kept, dropped = tokenize_prompts(
         examples, ctx.tokenizer, prompt_format=ctx.prompt_format, add_bos=ctx.add_bos,
@@ -55,7 +56,7 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
                 ctx.model, ctx.tokenizer, prompt_ids, ctx.sampling, seed=seed, batch_size=ctx.batch_size, stats=stats
             )
         else:
-            generations = _generate_with_progress(
+            generations = generate_with_progress(
                 ctx.console, ctx.model, ctx.tokenizer, prompt_ids, ctx.sampling, seed, ctx.batch_size, stats
             )
         by_seed[seed] = [

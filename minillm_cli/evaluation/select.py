@@ -50,7 +50,7 @@ def parse_settings(settings: Sequence[str]) -> dict:
 
 def build_evaluators(specs: Sequence[str], settings: Mapping[str, Mapping] = (), registry: Optional[Mapping] = None) -> list:
     """Instantiate the evaluators named by ``specs`` (registered names or local files) with their options."""
-    from ..recipes import _check, _fields, _unknown_key
+    from ..config.validate import build_options
     from .suites import FileSuite
 
     if registry is None:
@@ -70,30 +70,13 @@ def build_evaluators(specs: Sequence[str], settings: Mapping[str, Mapping] = (),
         else:
             problems.append(str(unknown_name("evaluator", name, registry)) + ", or a local JSONL file")
             continue
-        given = settings.pop(name, {})
-        fields = _fields(cls.Options)
-        kwargs = {}
-        for key, value in given.items():
-            if key == "path" and cls is FileSuite:
-                problems.append(f"--set {name}.path: a file suite reads the file it is named by")
-                continue
-            if key not in fields:
-                message = _unknown_key(key, (name,), list(fields), what="option")
-                problems.append(message.replace(f"known options in {name}", f"known options of suite '{name}'"))
-                continue
-            problem, converted = _check(value, fields[key][1])
-            if problem:
-                problems.append(f"--set {name}.{key}: {problem}")
-            else:
-                kwargs[key] = converted
-        try:
-            options = cls.Options(**kwargs)
-        except (MinillmError, TypeError, ValueError) as exc:
-            problems.append(f"suite '{name}' options: {exc}")
+        options, found = build_options(
+            cls.Options, settings.pop(name, {}), (name,), f"suite '{name}'",
+            refused={"path": f"--set {name}.path: a file suite reads the file it is named by"} if cls is FileSuite else None,
+        )
+        problems += [f"--set {name}.{p.key}: {p.message}" if p.about_value else p.message for p in found]
+        if options is None:
             continue
-        validate = getattr(options, "validate", None)
-        for problem in (validate() or ()) if callable(validate) else ():
-            problems.append(f"suite '{name}': {problem}")
         chosen.append(FileSuite(name, options) if cls is FileSuite else cls(options))
     for name in settings:
         problems.append(f"--set names suite '{name}', which is not among --suite ({', '.join(names)}); add it there")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
 
+from ..data.records import FILE_SUFFIXES
 from ..errors import MinillmError
 from ..objective import option
 from .base import EvalContext, Evaluator, SuiteResult
@@ -28,7 +29,6 @@ FORMAT = (
     "JSONL, one object per line with fields instruction, input (may be empty) and output "
     "(a string, or a list of reference strings)"
 )
-_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def data_dirs(explicit: Optional[os.PathLike] = None) -> list:
@@ -39,6 +39,27 @@ def data_dirs(explicit: Optional[os.PathLike] = None) -> list:
     dirs = [Path(first).expanduser()] if first else []
     home = minillm_home() / "data"
     return dirs + ([home] if home not in dirs else [])
+
+
+def locate_data(explicit: Optional[str], data_dir, relative_paths: Sequence[Path]) -> tuple:
+    """Where an evaluator's data is: (path, the relative path that matched), or (None, None) when nowhere.
+
+    The user's ``explicit`` path comes first, expanded, with None as the match (it may not exist: the caller says
+    what it needed); else the first ``<data dir>/<relative path>`` that is a file, every relative path being tried
+    in one data dir (in data_dirs order) before the next.
+    """
+    if explicit:
+        return Path(explicit).expanduser(), None
+    for directory in data_dirs(data_dir):
+        for relative in relative_paths:
+            if (directory / relative).is_file():
+                return directory / relative, relative
+    return None, None
+
+
+def suggested_path(data_dir, folder: str, split: str) -> Path:
+    """Where a "no data" message tells the user to put a missing file: ``<first data dir>/<folder>/<split>.jsonl``."""
+    return data_dirs(data_dir)[0] / folder / f"{split}.jsonl"
 
 
 @dataclass
@@ -70,25 +91,25 @@ class InstructionSuite(Evaluator):
     def locate(self, ctx: EvalContext) -> tuple:
         """(source to load, split or None, a description of it), or the one-line error that says what to do."""
         opts = self.options
+        split_files = [Path(self.folder, f"{opts.split}{suffix}") for suffix in FILE_SUFFIXES]
+        single_files = [Path(f"{self.folder}{suffix}") for suffix in FILE_SUFFIXES]
+        path, matched = locate_data(opts.path, ctx.data_dir, split_files + single_files)
         if opts.path:
-            path = Path(opts.path).expanduser()
             if not path.exists():
                 raise MinillmError(f"suite '{self.name}': {self.name}.path {opts.path} does not exist; {self._where(ctx)}")
             return str(path), (opts.split if path.is_dir() else None), str(path)
-        for directory in data_dirs(ctx.data_dir):
-            folder = directory / self.folder
-            if any((folder / f"{opts.split}{suffix}").is_file() for suffix in _SUFFIXES):
-                return str(folder), opts.split, f"{folder}/{opts.split}"
-            for suffix in _SUFFIXES:
-                single = directory / f"{self.folder}{suffix}"
-                if single.is_file():
-                    return str(single), None, str(single)
+        if matched in split_files:
+            # The folder, not the file: load_instructions reads the split from it (and refuses two files of it).
+            folder = path.parent
+            return str(folder), opts.split, f"{folder}/{opts.split}"
+        if path is not None:
+            return str(path), None, str(path)
         if opts.hub:
             return opts.hub, opts.hub_split, f"hub:{opts.hub}[{opts.hub_split}]"
         raise MinillmError(f"no data for suite '{self.name}': {self._where(ctx)}")
 
     def _where(self, ctx: EvalContext) -> str:
-        target = data_dirs(ctx.data_dir)[0] / self.folder / f"{self.options.split}.jsonl"
+        target = suggested_path(ctx.data_dir, self.folder, self.options.split)
         return (
             f"put its test set at {target} ({FORMAT}), or pass --data-dir DIR (or set {DATA_DIR_ENV}) with "
             f"{self.folder}/{self.options.split}.jsonl inside"
@@ -100,7 +121,7 @@ class InstructionSuite(Evaluator):
 
     def load(self, ctx: EvalContext) -> tuple:
         """(examples, settings describing them)."""
-        from ..data import load_instructions
+        from ..data.instructions import load_instructions
 
         source, split, described = self.locate(ctx)
         try:
@@ -162,14 +183,13 @@ class DefaultSuite(InstructionSuite):
         pass   # embedded in the package
 
     def load(self, ctx: EvalContext) -> tuple:
-        from ..config import DataConfig
-        from ..data import load_instructions, split_examples
+        from ..config.schema import DataConfig
+        from ..data.instructions import load_instructions
+        from ..data.splits import train_valid_split
 
-        # The same call as distill_run.prepare with the default DataConfig, so the suite is the held-out split.
+        # The split runs.prepare makes with the default DataConfig, so the suite is exactly the held-out split.
         defaults = DataConfig()
-        examples = split_examples(
-            load_instructions("default"), valid=defaults.valid_size, test=0, seed=defaults.seed
-        )["valid"]
+        _, examples = train_valid_split(load_instructions("default"), defaults)
         total = len(examples)
         limit = self.options.limit if self.options.limit is not None else ctx.limit
         if limit is not None:

@@ -9,10 +9,10 @@ import types
 
 import torch
 
-from minillm_cli import distributed
-from minillm_cli.generation import SamplingConfig
-from minillm_cli.models import load_model, load_tokenizer, resolve_model
-from minillm_cli.rollout import sample_rollouts
+from minillm_cli.training import sharding
+from minillm_cli.models.generation import SamplingConfig
+from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
+from minillm_cli.training.rollout import sample_rollouts
 
 
 def main(student_dir, teacher_dir, out):
@@ -28,17 +28,17 @@ def main(student_dir, teacher_dir, out):
                             alpha=0.2, batch_size=len(prompts))
     config = types.SimpleNamespace(train=types.SimpleNamespace(batch_size=2),
                                    parallel=types.SimpleNamespace(offload_params="none"))
-    teacher = distributed.shard_teacher_zero3(load_model(resolve_model(teacher_dir)), config, accelerator)
-    assert distributed.is_partitioned(teacher)
-    view = distributed.lockstep(teacher, accelerator)
+    teacher = sharding.shard_teacher_zero3(load_model(resolve_model(teacher_dir)), config, accelerator)
+    assert sharding.is_partitioned(teacher)
+    view = sharding.lockstep(teacher, accelerator)
     sharded = sample_rollouts(student, view, tokenizer, prompts, sampling, alpha=0.2, batch_size=len(prompts))
-    distributed.drain([view], accelerator.device)
+    sharding.drain([view], accelerator.device)
     teacher_diff = max(abs(a - b) for x, y in zip(plain.teacher_logprobs, sharded.teacher_logprobs) for a, b in zip(x, y))
     # The gathered head of a partitioned teacher gives its logits.
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         hidden = teacher.base_model(input_ids=ids).last_hidden_state
-        head_diff = (distributed.gathered_head(teacher, None)(hidden)
+        head_diff = (sharding.gathered_head(teacher, None)(hidden)
                      - load_model(resolve_model(teacher_dir))(input_ids=ids).logits).abs().max().item()
     accelerator.wait_for_everyone()
     with open(f"{out}.rank{rank}.json", "w") as handle:

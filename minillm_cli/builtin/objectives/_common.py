@@ -46,15 +46,15 @@ def weighted_loss(
     A term whose weight is 0 is not computed at all (no teacher forward pass for pure cross-entropy). The metrics
     hold each computed term unweighted, normalised like the loss (token sum / ctx.num_tokens).
     """
-    from ...losses import distill_loss, lm_loss
+    from ...losses.head import distill_loss, lm_loss
 
     student = ctx.student_forward(batch)
     loss = None
     metrics: dict[str, float] = {}
     if ce_weight and divergence is not None and divergence_weight:
-        # Both terms from one projection of the student's hidden states (fused_head), when that path applies.
-        from ...fused_head import weighted_ce_and_divergence
-        from ...teacher_cache import CachedTeacher
+        # Both terms from one projection of the student's hidden states (losses.fused), when that path applies.
+        from ...losses.fused import weighted_ce_and_divergence
+        from ...losses.cached import CachedTeacher
 
         teacher = ctx.teacher_forward(batch)
         both = None if isinstance(teacher, CachedTeacher) else weighted_ce_and_divergence(

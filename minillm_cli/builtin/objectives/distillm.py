@@ -110,7 +110,7 @@ class DistiLLM(Objective):
             del self.replay[:overflow]
 
     def _replayed(self, batch, size: int, ctx: StepContext):
-        from ...batches import make_batch
+        from ...data.batches import make_batch
 
         entries = ctx.rng.sample(self.replay, size)
         replayed = make_batch(

@@ -136,7 +136,7 @@ def batch_state(batch) -> dict:
 
 
 def batch_from_state(state: dict):
-    from ...batches import Batch
+    from ...data.batches import Batch
 
     return Batch(
         **{name: state[name] for name in _BATCH_TENSORS},
@@ -237,8 +237,8 @@ def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
     from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing."""
     import torch
 
-    from ...divergences import token_divergence
-    from ...losses import _chunks, _maybe_checkpoint
+    from ...losses.divergences import token_divergence
+    from ...losses.chunks import checkpointed, chunk_bounds
 
     mask = mask.bool()
     student_rows = student.hidden[mask]
@@ -254,8 +254,8 @@ def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
         return logprob, rkl
 
     logprobs, rkls = [], []
-    for start, end in _chunks(student_rows.shape[0], chunk_tokens):
-        lp, kl = _maybe_checkpoint(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
+    for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
+        lp, kl = checkpointed(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
         logprobs.append(lp)
         rkls.append(kl)
     if not logprobs:
@@ -359,7 +359,7 @@ class MiniLLM(Objective):
         add up to the per-token mean). With the step's ``plan`` (``prepare_step``: the LM batch fetched up front and
         Σ rollout / Σ LM tokens of the step, over processes) the sum is divided by ``ctx.num_tokens`` / that
         ratio instead: one per-token mean over all the step's plain text. Returns (term, metrics)."""
-        from ...losses import distill_loss, lm_loss
+        from ...losses.head import distill_loss, lm_loss
 
         o = self.options
         if plan is not None:

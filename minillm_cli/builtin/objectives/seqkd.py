@@ -53,7 +53,7 @@ class SeqKD(Objective):
     needs = needs_by_options({"gold", "teacher"}, lambda o: {"gold", "teacher"} if o.ratio > 0 else {"gold"})
 
     def prepare_data(self, train_examples: list, ctx: DataContext) -> list:
-        from ...models import resolve_model
+        from ...models.load import resolve_model
 
         if not train_examples:
             return train_examples
@@ -103,9 +103,9 @@ def cache_key(ref, prompt_format: str, ctx: DataContext, examples: list) -> str:
 
 
 def _generate(ref, prompt_format: str, ctx: DataContext, examples: list) -> list[dict]:
-    from ...data import tokenize_prompts
-    from ...generation import generate
-    from ...models import load_model, load_tokenizer
+    from ...data.tokenization import tokenize_prompts
+    from ...models.generation import generate
+    from ...models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(ref)
     prompt_ids, kept, _dropped = tokenize_prompts(

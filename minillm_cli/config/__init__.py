@@ -1,0 +1,1 @@
+"""The run configuration: the schema (fields carry their checks and help), the typed validator, recipe files."""

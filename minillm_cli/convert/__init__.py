@@ -1,0 +1,1 @@
+"""Model conversions: GGUF to Hugging Face, dtype and shards, layer cuts, ZeRO checkpoints, merged LoRA adapters."""

@@ -1,1 +1,0 @@
-"""Scores: Rouge-L as the paper computes it, and (later) exposure bias and calibration."""

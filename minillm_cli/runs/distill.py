@@ -1,0 +1,134 @@
+"""The command-line flow of ``minillm distill``: config, run, and the before/after summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+def run_distill_command(
+    *, overrides, recipe: Optional[str], resume: Optional[str], print_config: bool, progress: bool, options: dict,
+    overwrite: bool = False,
+):
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..training.checkpoint import find_resume_checkpoint, rewind_metrics
+    from ..config.recipes import config_to_dict, dump_config, load_config
+
+    console = Console(stderr=True)
+    checkpoint = None
+    if resume:
+        output_dir = options.get("output_dir") or _output_dir_of(recipe, overrides, options)
+        warn = lambda message: console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)  # noqa: E731
+        checkpoint = find_resume_checkpoint(resume, Path(output_dir), warn=warn)
+        if recipe is None:
+            # The run continues with the config it was started with, plus whatever this command overrides.
+            recipe = str(checkpoint / "config.yaml")
+    config, objective_options = load_config(recipe, overrides=overrides, options=options)
+    config_yaml = dump_config(config, objective_options)
+    if print_config:
+        print(config_yaml, end="")
+        return
+    if checkpoint is None:
+        _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
+    from .prepare import prepare
+
+    prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
+    engine = prepared.engine
+    counts = prepared.counts
+    console.quiet = not engine.accelerator.is_main_process   # one process speaks for a multi-process run
+    if checkpoint is None and engine.accelerator.is_main_process:
+        # Only now, with models and data loaded and checked: bad input never costs the earlier run its files.
+        _claim_output_dir(Path(config.output_dir), overwrite)
+    engine.accelerator.wait_for_everyone()
+    if engine.accelerator.is_main_process:
+        from .run_info import collect_run_info, write_run_info
+
+        info = collect_run_info(
+            config, config_to_dict(config, objective_options), prepared.teacher_ref, prepared.student_ref,
+            engine.data.train, resumed_from=checkpoint,
+        )
+        write_run_info(Path(config.output_dir), info)
+    console.print(
+        f"[bold]minillm distill[/] {config.objective['name']}: {prepared.teacher_ref.spec} → "
+        f"{prepared.student_ref.display}; {counts['train']} train / {counts['valid']} valid examples"
+        + (f" ({counts['dropped_long_prompts']} over-long prompts dropped)" if counts["dropped_long_prompts"] else "")
+        + f"; {counts['steps']} steps → {config.output_dir}"
+    )
+    if checkpoint is not None:
+        engine.resume(checkpoint)
+        if engine.accelerator.is_main_process:
+            from ..atomic import remove_stale_siblings
+
+            # A killed run logged steps after its last checkpoint; they are about to be logged again. It may also
+            # have left half-written exports behind (final.tmp-PID): they are swept, the real ones stay.
+            rewind_metrics(Path(config.output_dir), engine.state.step)
+            remove_stale_siblings(Path(config.output_dir), only=RUN_OUTPUTS)
+        console.print(f"resumed from {checkpoint} at step {engine.state.step}")
+    result = engine.run()
+    if engine.state.skipped_steps:
+        console.print(
+            f"[yellow]{engine.state.skipped_steps} step(s) skipped[/] for a non-finite loss or gradient "
+            f"(last: {escape(str(engine.state.last_bad_term))}); see skipped_steps in metrics.jsonl", soft_wrap=True,
+        )
+    if result.interrupted:
+        console.print(
+            f"[yellow]interrupted at step {result.steps}[/]; checkpoint {result.final_dir}; "
+            f"resume with: minillm distill --resume {config.output_dir}"
+        )
+        raise SystemExit(130)
+    _print_summary(console, result, config)
+
+
+RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", "run_info.json")
+
+
+def _claim_output_dir(output_dir: Path, overwrite: bool, remove: bool = True) -> None:
+    """A new run never mixes its checkpoints and metrics with an earlier run's; ``remove=False`` only checks."""
+    import shutil
+
+    from ..training.checkpoint import list_checkpoints
+    from ..errors import MinillmError
+
+    existing = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if not existing:
+        return
+    if not overwrite:
+        latest = list_checkpoints(output_dir)
+        held = f" (checkpoints up to {latest[-1].name})" if latest else ""
+        raise MinillmError(
+            f"output directory '{output_dir}' already holds a run{held}; pass --resume {output_dir} to continue "
+            "it, --overwrite to start over, or another --output-dir"
+        )
+    if not remove:
+        return
+    for name in existing:
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _output_dir_of(recipe, overrides, options) -> str:
+    from ..config.recipes import load_config
+
+    config, _ = load_config(recipe, overrides=overrides, options=options)
+    return config.output_dir
+
+
+def _print_summary(console, result, config) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"student before and after {result.steps} steps of {config.objective['name']}")
+    table.add_column("validation")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    names = {"valid_loss": "loss (CE, nats/token)", "valid_fkl": "KL(teacher‖student)", "valid_rougeL": "Rouge-L"}
+    for key, label in names.items():
+        if key in result.after or key in result.before:
+            fmt = lambda d: f"{d[key]:.3f}" if key in d else "-"  # noqa: E731
+            table.add_row(label, fmt(result.before), fmt(result.after))
+    console.print(table)
+    console.print(
+        f"median {result.seconds_per_step:.2f} s/step, {result.tokens_per_second:.0f} sequence tokens/s; "
+        f"final student: {result.final_dir}; best: {result.best_dir}"
+    )

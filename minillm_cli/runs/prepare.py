@@ -1,0 +1,180 @@
+"""From a validated config to a finished run: models, vocabulary check, data, objective, engine."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MinillmError
+
+
+@dataclass
+class Prepared:
+    engine: object
+    teacher_ref: object
+    student_ref: object
+    counts: dict
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:12]
+
+
+def ensure_hf_directory(ref, console=None):
+    """GGUF weights are dequantised on every load (tens of seconds): convert once into MINILLM_HOME."""
+    if not ref.gguf_file:
+        return ref
+    from ..convert.gguf import convert_gguf
+    from ..models.load import resolve_model
+    from ..paths import models_home
+
+    source = Path(ref.source) / ref.gguf_file
+    name = ref.spec.lower() if ref.spec.lower() in ref.family.aliases else f"{source.stem}-{_digest(source.resolve(), source.stat().st_size)}"
+    target = models_home() / name
+    from ..atomic import file_lock, lock_path
+
+    with file_lock(lock_path(target)):   # the processes of a run convert it once
+        if not (target / "config.json").is_file():
+            if console:
+                console.print(f"converting {source.name} to a Hugging Face directory in {target} (once)")
+            convert_gguf(str(source), target, overwrite=True)
+    return resolve_model(str(target), family=ref.family.name)
+
+
+def student_from_teacher(teacher_ref, num_layers: int, console=None):
+    """The default student: ``num_layers`` of the teacher's blocks, evenly spread, cached in MINILLM_HOME."""
+    from ..convert.layers import cut_layers
+    from ..models.load import resolve_model
+    from ..paths import models_home
+
+    source = Path(teacher_ref.source).resolve() if teacher_ref.local else teacher_ref.source
+    target = models_home() / "students" / f"{Path(str(source)).name}-{num_layers}L-{_digest(source, num_layers)}"
+    from ..atomic import file_lock, lock_path
+
+    with file_lock(lock_path(target)):   # the processes of a run cut it once
+        if not (target / "config.json").is_file():
+            if console:
+                console.print(f"cutting a {num_layers}-layer student from {teacher_ref.spec} into {target} (once)")
+            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True)
+    return resolve_model(str(target), family=teacher_ref.family.name)
+
+
+def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
+    from ..data.instructions import load_instructions
+    from ..data.prompts import resolve_prompt_format
+    from ..data.splits import train_valid_split
+    from ..data.texts import load_texts, pack_texts
+    from ..data.tokenization import tokenize_examples
+    import time
+
+    from ..training.engine import Engine, EngineData
+    from ..models.device import pick_device
+    from ..models.generation import SamplingConfig
+    from ..models.load import load_model, load_tokenizer, logit_width, resolve_model
+    from ..objective import DataContext
+    from ..paths import minillm_home
+    from ..plugins import get_objective
+    from ..models.vocab import check_vocab
+
+    started_at = time.monotonic()   # train.max_minutes counts model loading and data preparation too
+    objective = get_objective(config.objective["name"])(objective_options)
+    needs = set(objective.needs)
+    teacher_cache = None
+    if config.data.teacher_logits:
+        from ..training.teacher_cache import TeacherCache, check_objective
+
+        check_objective(objective)
+        teacher_cache = TeacherCache.load(config.data.teacher_logits)
+        needs.discard("teacher")   # the cached log-probabilities stand in for it: the teacher is never loaded
+    teacher_ref = ensure_hf_directory(resolve_model(config.teacher, config.teacher_family), console)
+    if config.student is None:
+        student_ref = student_from_teacher(teacher_ref, config.student_layers, console)
+    else:
+        student_ref = ensure_hf_directory(resolve_model(config.student, config.student_family), console)
+    trust = config.trust_remote_code   # off unless the user asked: model code is arbitrary Python
+    tokenizer = load_tokenizer(student_ref, trust_remote_code=trust)
+    uses_teacher = bool(needs & {"teacher", "teacher_samples", "mixed_samples"})
+    teacher = None
+    width = None
+    student = load_model(student_ref, trainable=True, trust_remote_code=trust)
+    if config.train.lora.r > 0:   # only the adapters train (docs/scaling.md)
+        from ..training.lora import apply_lora
+
+        student = apply_lora(student, config.train.lora, seed=config.train.seed)
+    if uses_teacher:
+        # Checked before any forward pass: token-level objectives compare distributions entry by entry.
+        teacher_tokenizer = load_tokenizer(teacher_ref, trust_remote_code=trust)
+        placement = None
+        if config.parallel.teacher_shard == "device_map":   # a teacher larger than one device, spread over several
+            from ..training.sharding import teacher_device_map
+
+            placement = teacher_device_map()
+        teacher = load_model(teacher_ref, dtype=config.train.teacher_dtype, trust_remote_code=trust, placement=placement)
+        check = check_vocab(
+            teacher_tokenizer, tokenizer, logit_width(teacher), logit_width(student), trim=config.trim_vocab
+        )
+        width = check.width
+        if check.trimmed and console:
+            console.print(f"distilling over the {width} shared vocabulary entries (trim_vocab)")
+    else:
+        width = logit_width(student)
+
+    data_cfg = config.data
+    examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit)
+    if not examples:
+        raise MinillmError(
+            f"no training examples in '{data_cfg.train}' (it is empty, or holds only blank lines or a header); "
+            "give data.train a file with instruction and output records"
+        )
+    train_examples, valid_examples = train_valid_split(examples, data_cfg)
+    prompt_format = resolve_prompt_format(data_cfg, student_ref.family)
+    g = config.generation
+    data_context = DataContext(
+        teacher=teacher_ref.display, teacher_family=teacher_ref.family.name, cache_dir=minillm_home() / "seqkd",
+        prompt_format=prompt_format, max_prompt_tokens=data_cfg.max_prompt_tokens,
+        generation=SamplingConfig(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                                  max_new_tokens=g.max_new_tokens, no_repeat_ngram_size=g.no_repeat_ngram_size),
+        dtype=config.train.teacher_dtype, device=pick_device(config.device), batch_size=g.batch_size,
+        seed=config.train.seed,
+    )
+    train_examples = objective.prepare_data(train_examples, data_context)
+    tokenize = dict(
+        prompt_format=prompt_format, add_bos=student_ref.family.add_bos,
+        max_prompt_tokens=data_cfg.max_prompt_tokens, max_response_tokens=data_cfg.max_response_tokens,
+    )
+    train_tok = tokenize_examples(train_examples, tokenizer, **tokenize)
+    valid_tok = tokenize_examples(valid_examples, tokenizer, **tokenize)
+    if not train_tok.examples:
+        raise MinillmError(
+            f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
+            f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
+        )
+    if teacher_cache is not None:
+        teacher_cache.check(train_tok.examples, width)
+    lm_chunks = None
+    if "lm_chunks" in needs:
+        lm_chunks = pack_texts(load_texts(data_cfg.lm_corpus or "default"), tokenizer, chunk_tokens=data_cfg.lm_chunk_tokens)
+    data = EngineData(
+        train=train_tok.examples,
+        valid=valid_tok.examples,
+        valid_references=[valid_examples[e.index].references for e in valid_tok.examples],
+        lm_chunks=lm_chunks,
+    )
+    suite_validation = None
+    if config.eval.suites:   # extra suites at every validation, through the evaluator plugins
+        from ..evaluation.validation import SuiteValidation
+
+        suite_validation = SuiteValidation(config, tokenizer=tokenizer, prompt_format=prompt_format,
+                                           add_bos=student_ref.family.add_bos, vocab_width=width)
+    engine = Engine(
+        config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
+        vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
+        progress=progress, started_at=started_at, teacher_cache=teacher_cache, suite_validation=suite_validation,
+    )
+    counts = {
+        "train": len(train_tok.examples), "valid": len(valid_tok.examples),
+        "dropped_long_prompts": train_tok.dropped_long_prompt + valid_tok.dropped_long_prompt,
+        "truncated_responses": train_tok.truncated_responses, "steps": engine.total_steps,
+    }
+    return Prepared(engine, teacher_ref, student_ref, counts)

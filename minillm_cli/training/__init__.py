@@ -1,0 +1,1 @@
+"""Training: the engine, rollouts, checkpoints, processes and ZeRO, LoRA, schedules, numerics, the teacher cache."""

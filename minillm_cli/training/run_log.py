@@ -1,0 +1,55 @@
+"""What a run records and shows: ``metrics.jsonl`` and TensorBoard scalars (main process), the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+
+class RunLog:
+    """Appends one JSON record per line to ``metrics.jsonl`` (and TensorBoard when installed), opened on first use."""
+
+    def __init__(self, output_dir: Path, enabled: bool = True):
+        self.output_dir, self.enabled = Path(output_dir), enabled
+        self._metrics_file = None
+        self._tensorboard = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self._metrics_file is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+            except ImportError:  # TensorBoard is optional (the dev extra installs it)
+                self._tensorboard = None
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+
+def progress_display(console, enabled: bool):
+    """A rich progress bar for the training steps, or a do-nothing context (``None``) when not shown."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
