@@ -1,4 +1,4 @@
-"""Coin-mixed rollouts with a lazy teacher (minillm_cli/rollout.py; docs/concepts.md, ``minillm``).
+"""Coin-mixed rollouts with a lazy teacher (minillm_cli/training/rollout.py and coin_sampling.py; docs/concepts.md, ``minillm``).
 
 At each step a coin c ~ Bernoulli(α) picks the teacher p or the student q; since c is independent of the prefix,
 every row's token follows α·p + (1−α)·q exactly (Gu et al. 2023, §2.2), whether one coin serves the whole batch
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from minillm_cli import MinillmError
-from minillm_cli.generation import SamplingConfig
+from minillm_cli.models.generation import SamplingConfig
 from minillm_cli.models import load_model, load_tokenizer, resolve_model
-from minillm_cli.rollout import _Coins, sample_rollouts
+from minillm_cli.training.coin_sampling import Coins
+from minillm_cli.training.rollout import sample_rollouts
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 
 Z = 5.0   # standard errors allowed per vocabulary entry (384 entries: a false alarm is ~1e-4 per test)
@@ -215,7 +216,7 @@ def test_teacher_passes_only_where_a_coin_came_up(pair, coins, alpha):
     finally:
         recorder.remove()
     assert [len(r) for r in rollouts.responses] == [steps] * len(prompts)
-    flipper = _Coins(coins, alpha, seed)
+    flipper = Coins(coins, alpha, seed)
     wanted = [t for t in range(steps) if bool(flipper.flip(len(prompts)).any())]
     # Pass i catches up to step wanted[i] (the first feeds the prompt too); the final one to the last token.
     prompt_width = max(len(p) for p in prompts)
@@ -235,7 +236,7 @@ def test_teacher_passes_only_where_a_coin_came_up(pair, coins, alpha):
 
 def test_coin_draws_follow_alpha():
     for mode, size in (("step", 8), ("row", 8)):
-        flipper = _Coins(mode, 0.2, seed=0)
+        flipper = Coins(mode, 0.2, seed=0)
         heads = torch.stack([flipper.flip(size) for _ in range(5000)]).double()
         assert abs(float(heads.mean()) - 0.2) < 5 * math.sqrt(0.2 * 0.8 / (5000 if mode == "step" else 40_000))
         if mode == "step":
