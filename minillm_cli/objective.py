@@ -9,7 +9,7 @@ batches require; the engine loads and provides exactly that:
   (no gradient through sampling);
 - ``teacher_samples``: ``ctx.sample_teacher(batch)`` likewise from the teacher;
 - ``mixed_samples``: ``ctx.sample_mixed(batch, alpha)`` gives teacher-mixed rollouts with per-token log-probs
-  (the MiniLLM objective; see ``rollout``);
+  (the MiniLLM objective; see ``rollout``; an optional ``coins="step"|"row"|"none"`` picks the sampler);
 - ``lm_chunks``: packed plain-text chunks for a language-modelling loss, as ``ctx.lm_batch()``.
 
 Per optimizer step the engine hands all its micro-batches to ``prepare_step`` first (by default

@@ -8,7 +8,8 @@ import torch
 from minillm_cli import MinillmError
 from minillm_cli.models.generation import SamplingConfig, generate
 from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
-from minillm_cli.training.rollout import Rollouts, filter_logits, sample_rollouts
+from minillm_cli.training.decoding import filter_logits
+from minillm_cli.training.rollout import Rollouts, sample_rollouts
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 
 
@@ -103,9 +104,11 @@ def test_first_token_frequencies_follow_the_mixture(pair):
     student, teacher = _sharpened(student, 4.0), _sharpened(teacher, 4.0)
     prompt = tokenizer.encode("The capital of France is")
     alpha, draws = 0.2, 4000
+    # Per-row coins: the 4000 draws are then independent. With one coin per step for the batch (coins="step") each
+    # row's marginal is the mixture too, but 4 batches draw only 4 coins (tests/test_lazy_teacher.py checks it).
     rollouts = sample_rollouts(
         student, teacher, tokenizer, [prompt] * draws, SamplingConfig(max_new_tokens=1), alpha=alpha, seed=11,
-        batch_size=1000,
+        batch_size=1000, coins="row",
     )
     with torch.no_grad():
         q = student(torch.tensor([prompt])).logits[0, -1].float().softmax(-1)

@@ -152,8 +152,9 @@ class Engine:
             raise RuntimeError(f"objective '{self.objective.name}' samples the teacher but does not declare it")
         return self._sample(self.teacher, batch, "teacher")
 
-    def sample_mixed(self, batch: Batch, alpha: float) -> Batch:
-        """Teacher-mixed rollouts (REFERENCE §1) for the batch's prompts, with per-token log-probs in extras."""
+    def sample_mixed(self, batch: Batch, alpha: float, coins: str = "step") -> Batch:
+        """Teacher-mixed rollouts (REFERENCE §1) for the batch's prompts, with per-token log-probs in extras;
+        ``coins`` as in ``rollout.sample_rollouts``."""
         from .rollout import sample_rollouts
 
         if self.teacher is None:
@@ -169,9 +170,12 @@ class Engine:
         if self.teacher_partitioned:
             teacher = sharding.lockstep(teacher, self.accelerator)
             views.append(teacher)
+            # Lock-step decoding pairs the models' passes step by step across processes; a lazy teacher's passes
+            # follow each process's own coins and finished rows, so a partitioned teacher runs at every step.
+            coins = "none"
         rollouts = sample_rollouts(
             student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
-            batch_size=len(batch.prompts), vocab_width=self.vocab_width,
+            batch_size=len(batch.prompts), vocab_width=self.vocab_width, coins=coins,
         )
         sharding.drain(views, self.device)
         return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)

@@ -1,11 +1,35 @@
-"""Teacher-mixed rollouts for MiniLLM (REFERENCE.md §1): responses sampled token by token from
-p̃ = α·p + (1−α)·q_θ, with the log-probabilities the policy-gradient objective needs.
+"""Teacher-mixed rollouts for MiniLLM (Gu et al. 2023, §2.2 "teacher-mixed sampling"; docs/concepts.md,
+``minillm``): responses sampled token by token from p̃ = α·p + (1−α)·q_θ, with the log-probabilities the
+policy-gradient objective needs.
+
+By default the mixture is sampled with a coin (``coins``): at each step c_t ~ Bernoulli(α), and the token is
+drawn from the teacher p if c_t = 1, else from the student q. c_t is independent of the prefix, so every row's
+token at every step has the marginal α·p + (1−α)·q exactly, while the teacher's distribution is needed only
+where a coin came up 1 (≈ α of the steps). ``coins="step"`` draws one coin per step for the whole batch (the
+teacher runs at ≈ α of the steps, but the rows' choices are correlated within a batch: a higher variance of
+the batch-mean gradient, never a bias); ``coins="row"`` one per row and step (rows independent, the teacher
+runs whenever any unfinished row needs it, so more often). The coins come from a generator of their own, so the
+token stream is that of the eager sampler below: with α = 0 the tokens are exactly those it gives.
+
+The teacher is lazy: when its distribution is needed it catches its KV cache up over every token sampled since
+its previous pass (on its first pass, the prompt too) in ONE forward pass of k new tokens, and that pass also
+gives log p of each of those tokens; one last catch-up after the final step completes log p for every sampled
+token. So the recorded log p, log q and log p̃ below are exact for every token, as with the eager sampler.
+With α = 0 the teacher runs once per batch, after sampling (the rewards need log p).
+
+``coins="none"`` is the eager sampler: the teacher runs at every step (whatever α) and the token is drawn
+from the mixture p̃ itself. It is what greedy decoding (temperature 0, the argmax of p̃) needs for 0 < α < 1
+(used then whatever ``coins`` says), the only sampler under which the ``SamplingConfig`` filters act on the
+mixture (as in the LMOps code) rather than on the chosen model's distribution, and what lock-step decoding of
+a ZeRO-3-partitioned teacher needs (the engine picks it there).
 
 Both models decode incrementally, each with its own KV cache: the prompts (left-padded) are run once, then
-every step feeds one new token per row, grows the attention mask by one column and passes explicit position
-ids (attention-mask cumsum − 1), so the logits equal those of an unpadded, uncached forward pass.
+each pass feeds the new tokens of every row (the student one a step, the lazy teacher k at once), with the
+attention mask grown by as many columns and explicit position ids (attention-mask cumsum − 1), so the logits
+equal those of an unpadded, uncached forward pass. Rows that have finished are fed padding, whose outputs are
+never recorded.
 
-At each step, over the shared vocabulary (trimmed to ``vocab_width`` when given), in float32:
+For every sampled token, over the shared vocabulary (trimmed to ``vocab_width`` when given), in float32:
 
 - log q = log_softmax(student logits)            -> ``old_logprobs``   (q_θold: the student at sampling time)
 - log p = log_softmax(teacher logits)            -> ``teacher_logprobs``
@@ -13,11 +37,13 @@ At each step, over the shared vocabulary (trimmed to ``vocab_width`` when given)
   (α = 0 gives log p̃ = log q exactly, α = 1 gives log p exactly)
 
 The next token is drawn from p̃ (from q when α = 0: the "without teacher-mixed sampling" ablation). The
-``SamplingConfig`` filters act on the mixture, as in the reference code, in the order transformers applies
-them: the sampling logits are ``log p̃ / temperature``, then top-k keeps the k largest (``top_k`` 0 = off),
-then top-p keeps the smallest set of highest-probability tokens whose mass reaches ``top_p``, and the draw is
-a multinomial over the softmax of what is left. ``temperature`` 0 means greedy: the argmax of p̃. With the
-paper's defaults (temperature 1, top_k 0, top_p 1) nothing is changed and the draw is exactly from p̃.
+``SamplingConfig`` filters act, in the order transformers applies them, on the distribution drawn from: the
+chosen model's (with coins: the sampling distribution is α·F(p) + (1−α)·F(q)) or the mixture's (``coins=
+"none"``, as in the reference code: F(p̃)). The sampling logits are ``log-probs / temperature``, then top-k
+keeps the k largest (``top_k`` 0 = off), then top-p keeps the smallest set of highest-probability tokens whose
+mass reaches ``top_p``, and the draw is a multinomial over the softmax of what is left. ``temperature`` 0 means
+greedy: the argmax of p̃ (the eager sampler when 0 < α < 1). With the paper's defaults (temperature 1, top_k 0,
+top_p 1) nothing is changed and the draw is exactly from p̃ with either sampler.
 The three recorded log-probs are always those of the *unfiltered* distributions, so the importance weight
 ``w_t = q(y_t)/p̃(y_t)`` is the paper's; with non-default filters the actual sampling distribution differs
 from p̃ and w_t is only the paper's approximation.
@@ -25,7 +51,6 @@ from p̃ and w_t is only the paper's approximation.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -34,6 +59,8 @@ from ..data.batches import Batch, make_batch
 from ..errors import MinillmError
 from ..models.forward import inference
 from ..models.generation import SamplingConfig, left_pad
+from .coin_sampling import COIN_MODES, Coins, needs_eager_teacher, sample_chunk_with_coins
+from .decoding import Decoder, draw, mix_logprobs, model_width
 
 
 @dataclass
@@ -78,97 +105,6 @@ class Rollouts:
         return batch
 
 
-def filter_logits(logits, config: SamplingConfig):
-    """Temperature, then top-k, then top-p on [B, V] logits (transformers' order and tie rules); removed
-    entries become −inf. Temperature 0 (greedy) is the caller's business."""
-    import torch
-
-    if config.temperature > 0 and config.temperature != 1.0:
-        logits = logits / config.temperature
-    if config.top_k > 0 and config.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - config.top_p)
-        remove[..., -1] = False  # always keep the most likely token
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return logits
-
-
-def mix_logprobs(logq, logp, alpha: float):
-    """log(α e^logp + (1−α) e^logq), exact at α = 0 and α = 1."""
-    import torch
-
-    if alpha == 0:
-        return logq
-    if alpha == 1:
-        return logp
-    return torch.logaddexp(logp + math.log(alpha), logq + math.log1p(-alpha))
-
-
-def _no_filters(config: SamplingConfig) -> bool:
-    return config.temperature == 1.0 and config.top_k == 0 and config.top_p >= 1.0
-
-
-def draw(logprobs, config: SamplingConfig, generator):
-    """One token per row from softmax(filter_logits(logprobs)), by inverse CDF: a float64 cumulative sum, one
-    uniform number per row, a binary search. Exact like ``torch.multinomial`` (whose one-sample path draws an
-    exponential number for every vocabulary entry, several times slower at a 49k vocabulary), one pass over
-    [B, V] instead of several. With the paper's settings (temperature 1, no top-k/top-p) ``logprobs`` are already
-    normalised log-probabilities and are exponentiated directly."""
-    import torch
-
-    probs = logprobs.exp() if _no_filters(config) else filter_logits(logprobs, config).softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=cdf.device) * total
-    # 'right': the first entry whose cumulative mass exceeds u, so an entry of zero probability is never drawn.
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
-
-
-def _width(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
-
-
-def _forward_parameters(model) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-class _Decoder:
-    """One model's incremental decoding state: its KV cache and device."""
-
-    def __init__(self, model, width: int):
-        self.model = model
-        self.width = width
-        self.device = next(model.parameters()).device
-        parameters = _forward_parameters(model)
-        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-        # transformers >= 5.x names the cache argument ``cache``; older versions ``past_key_values``.
-        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
-        self.past = None
-
-    def step(self, input_ids, attention_mask, position_ids):
-        """Feed new tokens; returns float32 log-probs of the next token, [B, width]."""
-        output = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
-            use_cache=True,
-            **{self.cache_arg: self.past},
-            **self.keep,
-        )
-        past = getattr(output, "cache", None)
-        self.past = past if past is not None else getattr(output, "past_key_values", None)
-        if self.past is None:
-            raise MinillmError(f"{type(self.model).__name__} returned no KV cache; incremental decoding needs one")
-        return output.logits[:, -1, : self.width].float().log_softmax(dim=-1)
-
-
 def sample_rollouts(
     student,
     teacher,
@@ -180,17 +116,22 @@ def sample_rollouts(
     seed: Optional[int] = None,
     batch_size: int = 8,
     vocab_width: Optional[int] = None,
+    coins: str = "step",
 ) -> Rollouts:
     """Sample one response per prompt from the teacher-mixed distribution (see the module docstring).
 
-    ``vocab_width`` trims both models' logits to the shared vocabulary (``vocab.check_vocab``); without it
-    both models must have the same number of logits. With a seed the result is a function of
-    (seed, prompts, batch_size): one torch.Generator, seeded once, makes every draw.
+    ``coins`` picks the sampler: ``step`` (one coin per step for the batch), ``row`` (one per row and step) or
+    ``none`` (the eager sampler, the teacher at every step). ``vocab_width`` trims both models' logits to the
+    shared vocabulary (``vocab.check_vocab``); without it both models must have the same number of logits.
+    With a seed the result is a function of (seed, prompts, batch_size, coins): one torch.Generator, seeded
+    once, draws every token, and one on the CPU, seeded from the same seed, every coin.
     """
     import torch
 
     if not 0.0 <= alpha <= 1.0:
         raise MinillmError(f"alpha (teacher mix) must be in [0, 1], got {alpha}")
+    if coins not in COIN_MODES:
+        raise MinillmError(f"coins must be one of {', '.join(COIN_MODES)}, got {coins!r}")
     if batch_size < 1:
         raise MinillmError(f"batch size must be >= 1, got {batch_size}")
     if any(len(p) == 0 for p in prompts):
@@ -201,7 +142,7 @@ def sample_rollouts(
     if eos is None:
         raise MinillmError("the tokenizer has no end-of-sequence token; responses cannot end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    student_width, teacher_width = _width(student), _width(teacher)
+    student_width, teacher_width = model_width(student), model_width(teacher)
     if vocab_width is None:
         if student_width != teacher_width:
             raise MinillmError(
@@ -222,10 +163,16 @@ def sample_rollouts(
         generator.seed()
 
     result = Rollouts([], [], [], [], [], [], alpha=alpha)
+    flipper = Coins(coins, alpha, seed)
     with inference(student, teacher):
         for start in range(0, len(prompts), batch_size):
             chunk = [list(p) for p in prompts[start:start + batch_size]]
-            _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device, result)
+            if needs_eager_teacher(coins, alpha, sampling):
+                _sample_chunk(student, teacher, chunk, sampling, alpha, generator, vocab_width, eos, pad, device,
+                              result)
+            else:
+                sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, generator, vocab_width,
+                                         eos, pad, device, result)
     return result
 
 
@@ -235,7 +182,7 @@ def _sample_chunk(student, teacher, chunk, sampling, alpha, generator, width, eo
     size = len(chunk)
     ids, mask = left_pad(chunk, pad)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoders = (_Decoder(student, width), _Decoder(teacher, width))
+    decoders = (Decoder(student, width), Decoder(teacher, width))
     logq = decoders[0].step(ids, mask, positions)
     logp = decoders[1].step(ids, mask, positions).to(device)
 

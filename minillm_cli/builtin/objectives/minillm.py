@@ -1,7 +1,8 @@
 """MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher, minimised by policy gradient (REFERENCE.md §1-2).
 
-Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``; its ``extras`` hold the log-probs
-recorded at sampling time, aligned with ``labels``):
+Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``, with the coins of ``mix_coins``: see
+``rollout``; its ``extras`` hold the log-probs recorded at sampling time, aligned with ``labels``: the rewards and
+importance weights below use those, and no teacher pass recomputes them):
 
 - rewards r_t = (log p(y_t) − log q_θold(y_t)) / reward_scale, clipped to ±reward_clip (detached: both are
   recorded at sampling, the teacher is frozen);
@@ -43,14 +44,31 @@ from ...objective import LossOutput, Objective, StepContext, option
 from ._common import in_unit_interval, needs_by_options, non_negative
 
 VARIANTS = ("paper", "reference")
+COIN_MODES = ("step", "row", "none")     # rollout.COIN_MODES (not imported: torch-free option checks)
 
 
 @dataclass
 class MiniLLMOptions:
     alpha: float = option(0.2, "Teacher-mix α of the rollout distribution α·p + (1−α)·q; 0 = the 'without "
                                "teacher-mixed sampling' ablation (importance weights all 1).")
+    mix_coins: str = option("step", "How rollouts sample the mixture. step: one coin c ~ Bernoulli(α) per decoding "
+                                    "step for the whole batch picks teacher or student for every row; the teacher "
+                                    "runs only at ≈ α of the steps (catching up its KV cache in one pass) but the "
+                                    "rows' choices are correlated within a batch: a higher variance of the "
+                                    "batch-mean gradient, never a bias. row: one coin per row and step: rows "
+                                    "independent (lower variance), the teacher runs whenever any row needs it "
+                                    "(≈ 1 − (1−α)^B of the steps). none: no coin, the teacher runs at every step "
+                                    "and the token is drawn from the mixture itself (sampling filters act on the "
+                                    "mixture, as in the LMOps code). Each row's tokens follow α·p + (1−α)·q "
+                                    "exactly in all three.")
     clip_eps: float = option(0.2, "PPO clipping ε of the ratio.")
     ppo_epochs: int = option(4, "Each optimizer step's rollouts serve this many consecutive optimizer steps.")
+    keep_teacher_hidden: bool = option(True, "Keep the teacher's final hidden states of each stored rollout batch "
+                                             "(B × T × d, on the teacher's device) from its first PPO epoch for the "
+                                             "single-step term of the others: the teacher is frozen and the rollouts "
+                                             "fixed, so the loss is the same with one teacher pass per rollout "
+                                             "batch instead of ppo_epochs; False recomputes them (saves that memory "
+                                             "between steps).")
     single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
                                      "returns then include step t, as in the undecomposed gradient).")
     length_norm: bool = option(True, "Length-normalise the returns (False: the ablation, plain sums).")
@@ -67,6 +85,8 @@ class MiniLLMOptions:
 
     def validate(self) -> list[str]:
         problems = in_unit_interval("alpha", self.alpha) + in_unit_interval("gamma", self.gamma)
+        if self.mix_coins not in COIN_MODES:
+            problems.append(f"mix_coins must be one of {', '.join(COIN_MODES)}, got {self.mix_coins!r}")
         if not self.clip_eps > 0:
             problems.append(f"clip_eps must be > 0, got {self.clip_eps}")
         if not (isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1):
@@ -260,23 +280,32 @@ class MiniLLM(Objective):
         self._rollouts: list = []
         self._uses = 0
         self._lm_plan: dict = {}   # id(rollout batch) -> (its LM batch, token ratio) for this step (_plan_lm)
+        self._teacher_kept: dict = {}   # id(rollout batch) -> (that batch, its teacher Forward) (_teacher_forward)
 
     def prepare_step(self, batches, ctx: StepContext):
         """The step's rollout buffer: fresh teacher-mixed rollouts for the incoming prompts (one per micro-batch,
         rewards and advantages attached) once the stored buffer has served ``ppo_epochs`` optimizer steps;
         otherwise the stored buffer again (the incoming gold batches are then not used)."""
         if not self._rollouts or self._uses >= self.options.ppo_epochs or len(self._rollouts) != len(batches):
-            self._rollouts = [ctx.sample_mixed(batch, self.options.alpha) for batch in batches]
+            self._rollouts = [self._sample_mixed(batch, ctx) for batch in batches]
             self.attach_advantages(self._rollouts, ctx.sum_over_processes)
             self._uses = 0
+            self._teacher_kept = {}
         device = batches[0].input_ids.device
         if self._rollouts[0].input_ids.device != device:      # restored from a checkpoint (CPU)
             self._rollouts = [rollout.to(device) for rollout in self._rollouts]
+            self._teacher_kept = {}
         self._uses += 1
         if self.options.lm_weight <= 0:
             return list(self._rollouts)
         self._plan_lm(self._rollouts, ctx)
         return list(self._rollouts)
+
+    def _sample_mixed(self, batch, ctx: StepContext):
+        """Teacher-mixed rollouts for the batch's prompts. ``coins`` is passed only when it is not the engine's
+        default, so contexts written for the two-argument ``sample_mixed(batch, alpha)`` keep working."""
+        coins = {} if self.options.mix_coins == "step" else {"coins": self.options.mix_coins}
+        return ctx.sample_mixed(batch, self.options.alpha, **coins)
 
     def _plan_lm(self, rollouts, ctx: StepContext):
         """Fetch the step's LM batches (one per micro-batch) up front and count their tokens over micro-batches and
@@ -305,6 +334,24 @@ class MiniLLM(Objective):
     def load_state_dict(self, state: dict) -> None:
         self._rollouts = [batch_from_state(rollout) for rollout in state.get("rollouts", [])]
         self._uses = int(state.get("uses", 0))
+        self._teacher_kept = {}       # not checkpointed: the next epoch's pass recomputes them
+
+    def _teacher_forward(self, batch, ctx: StepContext):
+        """The teacher's forward pass over a rollout batch. For a batch of the stored buffer it is made at the
+        first PPO epoch that uses the batch and kept until the last (``keep_teacher_hidden``): the teacher is
+        frozen and the batch fixed, so every epoch's pass would give the same hidden states. Every process keeps
+        or recomputes on the same epochs, so collective teacher passes (ZeRO-3) stay matched; a partitioned
+        teacher's kept pass holds its gathered head too."""
+        o = self.options
+        if not o.keep_teacher_hidden or o.ppo_epochs == 1 or not any(batch is r for r in self._rollouts):
+            return ctx.teacher_forward(batch)
+        kept = self._teacher_kept.get(id(batch))
+        if kept is None or kept[0] is not batch:
+            kept = (batch, ctx.teacher_forward(batch))
+            self._teacher_kept[id(batch)] = kept
+        if self._uses >= o.ppo_epochs:            # the buffer's last epoch: free them now, not at the next refresh
+            self._teacher_kept.pop(id(batch), None)
+        return kept[1]
 
     def lm_term(self, ctx: StepContext, share: float, plan=None):
         """L_PT on the next LM batch: ((1 − r)·CE + r·FKL) summed over its tokens, divided by its own token count,
@@ -375,7 +422,7 @@ class MiniLLM(Objective):
         o = self.options
         mask = batch.loss_mask.bool()
         student = ctx.student_forward(batch)
-        teacher = ctx.teacher_forward(batch)
+        teacher = self._teacher_forward(batch, ctx)
         logprobs, rkl = token_logprobs_and_rkl(student, teacher, batch.labels, mask, ctx.chunk_tokens)
 
         rewards, adv = self.advantages(batch)
