@@ -41,9 +41,11 @@ def _train_records(output: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_second")} for r in records if "loss" in r]
 
 
-@pytest.mark.parametrize("objective", [["--objective", "kd"], ["--objective", "gkd", "objective.lmbda=1"]])
+@pytest.mark.parametrize("objective", [["--objective", "kd"], ["--objective", "gkd", "objective.lmbda=1"],
+                                       ["--objective", "minillm", "data.lm_chunk_tokens=32"]])
 def test_same_seed_and_config_give_identical_losses(objective, pair, home, tmp_path, capsys):
-    """gkd with lmbda=1 samples from the student at every step: sampling is seeded too."""
+    """gkd with lmbda=1 samples from the student at every step, minillm from the teacher mixture (its coins
+    included): sampling is seeded too."""
     _run(capsys, pair, tmp_path / "a", *objective)
     _run(capsys, pair, tmp_path / "b", *objective)
     first, second = _train_records(tmp_path / "a"), _train_records(tmp_path / "b")

@@ -173,8 +173,13 @@ class Engine:
             # Lock-step decoding pairs the models' passes step by step across processes; a lazy teacher's passes
             # follow each process's own coins and finished rows, so a partitioned teacher runs at every step.
             coins = "none"
+        import torch
+
+        # The rollout's own generators are seeded from the process's torch stream (seeded by train.seed, saved in
+        # every checkpoint), so a run and its resume sample the same rollouts.
+        seed = int(torch.randint(0, 2**62, (1,)).item())
         rollouts = sample_rollouts(
-            student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha,
+            student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha, seed=seed,
             batch_size=len(batch.prompts), vocab_width=self.vocab_width, coins=coins,
         )
         sharding.drain(views, self.device)
