@@ -22,7 +22,7 @@ minillm         ``minillm`` ppo_epochs 1, lm_weight 0  ``trl.experimental.minill
 Model settings: ``tiny`` = random-initialised Llama models at vocabulary 49152 (teacher 4 layers × 256, student
 2 layers × 128, made once with ``LlamaConfig`` and saved under ``--out-dir`` so both frameworks load the same
 weights; SmolLM2's tokenizer), and ``smollm2`` = SmolLM2-135M-Instruct → its default 6-layer student
-(``minillm_cli.distill_run.student_from_teacher``). Data: random token ids, prompts of ``--prompt-tokens`` and
+(``minillm_cli.runs.prepare.student_from_teacher``). Data: random token ids, prompts of ``--prompt-tokens`` and
 gold responses filling the rest of ``--seq``; on-policy methods sample up to ``--seq − --prompt-tokens`` new
 tokens at temperature 1, top-k 0, top-p 1 (a sampled end-of-sequence token ends a row early, so on-policy
 tokens/s counts the tokens actually in each step). TRL runs with its defaults except: fp32 (``bf16=False``;

@@ -80,7 +80,7 @@ def test_chunked_equals_unchunked_in_float64(name, params, declared):
 
 
 def test_closed_form_gradients_match_autograd():
-    """fused_head's closed forms (fkl, rkl, ce) against autograd of the plain kernels."""
+    """losses.fused's closed forms (fkl, rkl, ce) against autograd of the plain kernels."""
     gen = torch.Generator().manual_seed(1)
     student = torch.randn(5, V, generator=gen, dtype=torch.float64) * 3
     teacher = torch.randn(5, V, generator=gen, dtype=torch.float64) * 3
