@@ -98,12 +98,7 @@ def sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, g
     rows = [torch.stack(sampled, dim=1), token_logq, token_logp, token_mixed]
     tokens, olds, teachers, mixeds = ([row[:n] for row, n in zip(t.tolist(), lengths)] for t in rows)
 
-    result.prompts.extend(chunk)
-    result.responses.extend(tokens)
-    result.old_logprobs.extend(olds)
-    result.teacher_logprobs.extend(teachers)
-    result.mixed_logprobs.extend(mixeds)
-    result.finished.extend(bool(f) for f in done.tolist())
+    result.add(chunk, tokens, olds, teachers, mixeds, done.tolist())
 
 
 # Positions × rows of teacher logits made at once in a catch-up pass: a pass may cover up to max_new_tokens

@@ -76,6 +76,15 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def add(self, prompts, responses, old_logprobs, teacher_logprobs, mixed_logprobs, finished) -> None:
+        """Append one sampled batch (row-aligned lists, as each sampler produces them)."""
+        self.prompts.extend(prompts)
+        self.responses.extend(responses)
+        self.old_logprobs.extend(old_logprobs)
+        self.teacher_logprobs.extend(teacher_logprobs)
+        self.mixed_logprobs.extend(mixed_logprobs)
+        self.finished.extend(bool(f) for f in finished)
+
     def importance_weights(self) -> list[list[float]]:
         """w_t = q(y_t) / p̃(y_t) = exp(old − mixed); exactly 1 when α = 0."""
         return [[math.exp(o - m) for o, m in zip(olds, mixed)] for olds, mixed in zip(self.old_logprobs, self.mixed_logprobs)]
@@ -220,9 +229,4 @@ def _sample_chunk(student, teacher, chunk, sampling, alpha, generator, width, eo
         logq = decoders[0].step(new, mask, position)
         logp = decoders[1].step(new, mask, position).to(device)
 
-    result.prompts.extend(chunk)
-    result.responses.extend(responses)
-    result.old_logprobs.extend(olds)
-    result.teacher_logprobs.extend(teachers)
-    result.mixed_logprobs.extend(mixeds)
-    result.finished.extend(bool(f) for f in finished.tolist())
+    result.add(chunk, responses, olds, teachers, mixeds, finished.tolist())
