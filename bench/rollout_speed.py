@@ -13,7 +13,7 @@ Settings, all on the same prompts (the embedded data set in the family's prompt 
 - ``teacher generate``: the teacher alone, likewise;
 - ``rollout α=0``: ``rollout.sample_rollouts`` without teacher mixing; it still decodes the teacher alongside,
   because the rewards need log p;
-- ``rollout α=0.2``: teacher-mixed sampling (REFERENCE §1), both models decoding with their own KV caches.
+- ``rollout α=0.2``: teacher-mixed sampling (docs/method.md §1), both models decoding with their own KV caches.
 
 Tokens counted are the sampled ones up to and including end-of-sequence. The "bound" column of a rollout row is
 its tokens/s against the sum-of-both-models time: 1 / (1/student + 1/teacher) tokens/s from the two generate rows.

@@ -1,7 +1,7 @@
 """Token-level divergences: values against float64 brute force, masking, reductions, chunking, dtypes, gradients.
 
 The references below are written independently of the module: plain loops over positions and vocabulary
-entries in numpy float64, straight from the formulas in REFERENCE §1, §2 and §6 (p = teacher, q = student).
+entries in numpy float64, straight from the formulas in docs/method.md §1, §2 and §6 (p = teacher, q = student).
 """
 
 import math
@@ -201,7 +201,7 @@ def test_direction():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Generalised JSD conventions (GKD; REFERENCE §6): P = teacher, Q = student, M = beta P + (1 - beta) Q.
+# Generalised JSD conventions (GKD; docs/method.md §6): P = teacher, Q = student, M = beta P + (1 - beta) Q.
 
 
 def test_jsd_end_points_are_the_kls():

@@ -1,4 +1,4 @@
-"""The MiniLLM estimator against the exact reverse-KL gradient, by enumeration (REFERENCE.md §1).
+"""The MiniLLM estimator against the exact reverse-KL gradient, by enumeration (docs/method.md §1).
 
 A toy autoregressive pair small enough to enumerate: vocabulary V = 4, responses of exactly T = 3 tokens, and
 each model an explicit logit table indexed by the response prefix (1 + 4 + 16 prefixes). The student's table θ

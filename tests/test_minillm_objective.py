@@ -1,4 +1,4 @@
-"""The MiniLLM objective (REFERENCE.md §1-2): returns/advantages against a plain float64 reference, the
+"""The MiniLLM objective (docs/method.md §1-2): returns/advantages against a plain float64 reference, the
 single-step term against brute force, PPO ratio at θ = θ_old, rollout reuse, ablations, a tiny training loop
 and a CLI run."""
 

@@ -93,7 +93,7 @@ def _kl(log_a, log_b):
 
 
 def brute(name, student, teacher, batch, **params):
-    """Mean over loss tokens of the divergence, straight from the definitions (REFERENCE §2, §6)."""
+    """Mean over loss tokens of the divergence, straight from the definitions (docs/method.md §2, §6)."""
     log_q, log_p = _logprobs(student, batch), _logprobs(teacher, batch)
     q, p = log_q.exp(), log_p.exp()
     if name == "ce":

@@ -1,5 +1,5 @@
 """The shipped recipes: every one loads and validates, names itself in its header, and every MiniLLM recipe
-starts from the exported best checkpoint of its SFT-initialisation recipe (REFERENCE §2)."""
+starts from the exported best checkpoint of its SFT-initialisation recipe (docs/method.md §2)."""
 
 from __future__ import annotations
 

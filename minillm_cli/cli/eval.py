@@ -14,7 +14,7 @@ def eval_command(
     suite: List[str] = typer.Option(["default"], "--suite", "-s", help="Suites, comma-separated or repeated: default, dolly, selfinst, vicuna, sinst, uinst, exposure, calibration, judge, any registered evaluator, or a local JSONL file."),
     out: Optional[Path] = typer.Option(None, "--output-dir", "--out", "-o", help="Output directory (default runs/eval; with --from-generations: DIR/rescored)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Directory holding <suite>/test.jsonl files (e.g. shared/data); default $MINILLM_DATA_DIR, then $MINILLM_HOME/data."),
-    seeds: str = typer.Option("10,20,30,40,50", help="Generation seeds; scores are mean ± std over them (REFERENCE §4)."),
+    seeds: str = typer.Option("10,20,30,40,50", help="Generation seeds; scores are mean ± std over them (docs/method.md §4)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature; 0 = greedy."),
     top_k: int = typer.Option(0, help="Top-k filtering; 0 = off."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling threshold; 1 = off."),

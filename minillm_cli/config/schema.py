@@ -27,7 +27,7 @@ class DataConfig:
     limit: Optional[int] = option(None, "Use only the first N training examples.", rule=greater_than(0))
     fields: Optional[str] = option(None, "Field mapping, e.g. 'instruction=question,output=answer'.")
     prompt_format: Optional[str] = option(None, "alpaca or chat; null uses the model family's.", choices=("alpaca", "chat"))
-    max_prompt_tokens: int = option(256, "Prompts longer than this are dropped (REFERENCE §3).", rule=greater_than(0))
+    max_prompt_tokens: int = option(256, "Prompts longer than this are dropped (docs/method.md §3).", rule=greater_than(0))
     max_response_tokens: int = option(256, "Gold responses are truncated to this many tokens.", rule=greater_than(0))
     lm_corpus: Optional[str] = option(None, "Plain-text corpus for objectives with a language-modelling term.")
     lm_chunk_tokens: int = option(512, "Length of the packed plain-text chunks.", rule=greater_than(0))
@@ -54,9 +54,9 @@ class TrainConfig:
     lr: float = option(5e-4, "Peak learning rate.", rule=greater_than(0))
     schedule: str = option("cosine", "constant, constant_with_warmup, linear or cosine.", choices=("constant", "constant_with_warmup", "linear", "cosine"))
     warmup_steps: int = option(5, "Linear warm-up steps.", rule=at_least(0))
-    min_lr: float = option(1e-7, "Final learning rate of the cosine schedule (REFERENCE §2).", rule=at_least(0))
-    weight_decay: float = option(1e-6, "AdamW weight decay (REFERENCE §2).", rule=at_least(0))
-    betas: list = option((0.9, 0.95), "AdamW betas (REFERENCE §2).", rule=Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1), e.g. [0.9, 0.95]"))
+    min_lr: float = option(1e-7, "Final learning rate of the cosine schedule (docs/method.md §2).", rule=at_least(0))
+    weight_decay: float = option(1e-6, "AdamW weight decay (docs/method.md §2).", rule=at_least(0))
+    betas: list = option((0.9, 0.95), "AdamW betas (docs/method.md §2).", rule=Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1), e.g. [0.9, 0.95]"))
     eps: float = option(1e-8, "AdamW epsilon.", rule=greater_than(0))
     max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables clipping.", rule=at_least(0))
     precision: str = option("fp32", "Student training precision: fp32, bf16 or fp16 (mixed precision).", choices=PRECISIONS)
@@ -69,7 +69,7 @@ class TrainConfig:
 
 @dataclass
 class GenerationConfig:
-    temperature: float = option(1.0, "Sampling temperature for on-policy samples (REFERENCE §2).", rule=at_least(0))
+    temperature: float = option(1.0, "Sampling temperature for on-policy samples (docs/method.md §2).", rule=at_least(0))
     top_k: int = option(0, "Top-k filtering; 0 = off.", rule=at_least(0))
     top_p: float = option(1.0, "Nucleus threshold; 1 = off.", rule=Rule(lambda v: 0 < v <= 1, "must be in (0, 1]"))
     max_new_tokens: int = option(256, "Maximum new tokens per sampled response.", rule=greater_than(0))

@@ -1,4 +1,4 @@
-"""Prompt templates: Alpaca (REFERENCE.md §3) or the tokenizer's chat template, and which one a run uses."""
+"""Prompt templates: Alpaca (docs/method.md §3) or the tokenizer's chat template, and which one a run uses."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _instruction_and_input(example) -> tuple:
 
 
 def format_prompt(example, prompt_format: str = "alpaca", tokenizer=None) -> str:
-    """The prompt text of ``example``: the Alpaca template of REFERENCE.md §3, or the tokenizer's chat template."""
+    """The prompt text of ``example``: the Alpaca template of docs/method.md §3, or the tokenizer's chat template."""
     instruction, input_text = _instruction_and_input(example)
     if prompt_format == "alpaca":
         # The reference code tests for an empty input (len == 0), not a blank one; so do we.

@@ -1,4 +1,4 @@
-"""Tokenisation of instruction examples: prompt and response token ids (REFERENCE.md §3), and prompts for generation.
+"""Tokenisation of instruction examples: prompt and response token ids (docs/method.md §3), and prompts for generation.
 
 The small tokenizer helpers (batched encoding, the eos id, the token-limit check) are public: text packing
 (``texts.pack_texts``) uses them too.
@@ -91,7 +91,7 @@ def tokenize_examples(
     max_prompt_tokens: Optional[int] = 256,
     max_response_tokens: Optional[int] = None,
 ) -> TokenizedData:
-    """Prompt and response token ids of each example (REFERENCE.md §3).
+    """Prompt and response token ids of each example (docs/method.md §3).
 
     response = encode(prompt + output) + [eos] minus the prompt's tokens. Where BPE merges across the
     boundary (the full encoding does not start with the prompt's), the response is encode(output) + [eos]

@@ -1,4 +1,4 @@
-"""Exposure bias, calibration and the LLM judge as evaluator plugins (REFERENCE.md §4).
+"""Exposure bias, calibration and the LLM judge as evaluator plugins (docs/method.md §4).
 
 The computations live in ``exposure``, ``calibration`` and ``judge``; these classes only find their data, call
 them on the model ``minillm eval`` loaded, and turn the answers into a ``SuiteResult`` for the reports.

@@ -17,12 +17,12 @@ from ..errors import MinillmError
 from ..models.generation import SamplingConfig
 from ..objective import NoOptions
 
-# The paper's protocol (REFERENCE.md §4): five generation seeds, pure sampling, no repeated 6-grams.
+# The paper's protocol (docs/method.md §4): five generation seeds, pure sampling, no repeated 6-grams.
 PAPER_SEEDS = (10, 20, 30, 40, 50)
 
 
 def paper_sampling(max_new_tokens: int = 256) -> SamplingConfig:
-    """Sampling at temperature 1, top_k 0, top_p 1, no-repeat n-gram 6, at most 256 new tokens (REFERENCE.md §4)."""
+    """Sampling at temperature 1, top_k 0, top_p 1, no-repeat n-gram 6, at most 256 new tokens (docs/method.md §4)."""
     return SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, no_repeat_ngram_size=6)
 
 

@@ -1,4 +1,4 @@
-"""Calibration: expected calibration error on zero-shot multiple-choice prompts (REFERENCE.md §4; MiniLLM,
+"""Calibration: expected calibration error on zero-shot multiple-choice prompts (docs/method.md §4; MiniLLM,
 Gu et al. 2023, which measures ECE on SST-2 and BoolQ zero-shot).
 
 Scoring. Each choice is scored by the model as a continuation of the prompt (formatted with the same prompt

@@ -1,4 +1,4 @@
-"""Exposure bias as the excess accumulated error, ExAccErr (REFERENCE.md §4; MiniLLM, Gu et al. 2023,
+"""Exposure bias as the excess accumulated error, ExAccErr (docs/method.md §4; MiniLLM, Gu et al. 2023,
 Appendix B.5, eqs. 30-32, which follow Arora et al. 2022, "Why Exposure Bias Matters").
 
 The per-token error at step t of a response is the teacher-student divergence over the full (shared)
@@ -14,7 +14,7 @@ prefixes):
     eps(l)    = 1/l sum_{t<=l} E_{y<t ~ p(.|x)} [e_t(y<t)]      average per-step error, teacher prefixes
     ExAccErr(l) = (R(l) - l eps(l)) / (l eps(l)) x 100%
 
-Normalisation used here. Both curves are reported as *per-step means*, as REFERENCE.md §4 words it:
+Normalisation used here. Both curves are reported as *per-step means*, as docs/method.md §4 words it:
 ``R[l-1] = 1/l sum_{t<=l} r_t`` and ``epsilon[l-1] = 1/l sum_{t<=l} e_t``, where r_t and e_t are the
 per-position expectations (mean over prompts) with student and teacher prefixes. Dividing the paper's R(l) by
 l changes nothing in the ratio: ExAccErr(l) = (R[l-1] - epsilon[l-1]) / epsilon[l-1] x 100 is exactly the
@@ -178,7 +178,7 @@ def exposure_bias(
             "see vocab.check_vocab) to compare them over the shared tokens"
         )
     pad = _pad_id(tokenizer)
-    # The paper's decoding (REFERENCE.md §4): temperature 1, top_k 0, top_p 1. No n-gram blocking: the prefixes
+    # The paper's decoding (docs/method.md §4): temperature 1, top_k 0, top_p 1. No n-gram blocking: the prefixes
     # must be samples of q and p themselves for the expectations to be the paper's.
     sampling = SamplingConfig(max_new_tokens=max_len)
     # Copies of a prompt sit side by side, so they share batches and draw independent responses.

@@ -1,4 +1,4 @@
-"""LLM-as-judge: the paper's GPT-4 feedback (REFERENCE.md §4; MiniLLM, Gu et al. 2023, which follows the
+"""LLM-as-judge: the paper's GPT-4 feedback (docs/method.md §4; MiniLLM, Gu et al. 2023, which follows the
 Vicuna judging protocol of Chiang et al. 2023 / Zheng et al. 2023).
 
 For each item the judge model sees the instruction (and input), the evaluated model's response as

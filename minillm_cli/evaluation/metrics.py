@@ -12,7 +12,7 @@ import math
 from functools import lru_cache
 from typing import Optional, Sequence
 
-# Reference-length buckets of the paper's long-text analysis (REFERENCE.md §4), in words (see above).
+# Reference-length buckets of the paper's long-text analysis (docs/method.md §4), in words (see above).
 LENGTH_BUCKETS = (("0-5", 0, 5), ("6-10", 6, 10), ("11+", 11, None))
 
 
@@ -98,7 +98,7 @@ def test_loss(
     """Per-token cross-entropy of the references under teacher forcing.
 
     Every reference of every example counts as one (prompt, response) pair, tokenised exactly as for training
-    (REFERENCE.md §3: response = tokens of prompt + output + eos minus the prompt's, eos included). The loss is
+    (docs/method.md §3: response = tokens of prompt + output + eos minus the prompt's, eos included). The loss is
     Σ −log q(token) over all response tokens / their number, so long references weigh by their length, as in
     the engine's validation loss. Returns ``{"loss", "tokens", "sequences"}``; the loss is None when no
     reference survived (every prompt longer than ``max_prompt_tokens``).

@@ -1,4 +1,4 @@
-"""The paper's generation protocol (REFERENCE.md §4): sample per seed, score, average over seeds.
+"""The paper's generation protocol (docs/method.md §4): sample per seed, score, average over seeds.
 
 For every generation seed the model samples one response per prompt (``generation.generate``, the RNG seeded
 once per seed, so a seed reproduces its samples for the same prompts and batch size). Each seed is scored on

@@ -1,4 +1,4 @@
-"""Rouge-L exactly as the paper reports it (REFERENCE.md §4).
+"""Rouge-L exactly as the paper reports it (docs/method.md §4).
 
 Google's ``rouge_score`` with ``RougeScorer(['rougeL'], use_stemmer=True)``, the F-measure, the maximum over
 the references, ×100; a corpus score is the mean over examples.

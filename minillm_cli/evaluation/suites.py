@@ -1,4 +1,4 @@
-"""The instruction-following suites of the paper (REFERENCE.md §4) and where their data comes from.
+"""The instruction-following suites of the paper (docs/method.md §4) and where their data comes from.
 
 Every suite reads its test set from the first of:
 

@@ -2,7 +2,7 @@
 
 The engine's own validation (loss, KL to the teacher, greedy Rouge-L on the held-out split) is unchanged; these
 suites add ``valid_<suite>_<metric>`` numbers to the same record. They run through the same evaluator classes
-as ``minillm eval``, on ``eval.suite_examples`` examples, with the paper's sampling (REFERENCE.md §4) cut to
+as ``minillm eval``, on ``eval.suite_examples`` examples, with the paper's sampling (docs/method.md §4) cut to
 ``eval.max_new_tokens`` and the seeds ``eval.suite_seeds``; nothing is written to disk.
 """
 

@@ -2,7 +2,7 @@
 
 Every training objective takes its token-level terms from here, so the conventions live in one place:
 
-- p is the teacher, q the student (REFERENCE §1, §2). Forward KL = KL(p || q) = sum_v p (log p - log q), word-level
+- p is the teacher, q the student (docs/method.md §1, §2). Forward KL = KL(p || q) = sum_v p (log p - log q), word-level
   KD's term; reverse KL = KL(q || p), MiniLLM's single-step term.
 - Inputs are logits [..., V] (normally [B, T, V]) of the same width on both sides; position t already predicts
   token t+1 (the caller aligned them: nothing is shifted here). Different widths are an error: trimming to the
@@ -96,17 +96,17 @@ def check_weight(name: str, value: float) -> float:
 
 
 def fkl_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor) -> Tensor:
-    """Forward KL, KL(p || q): the word-level KD term (REFERENCE §2), mass-covering."""
+    """Forward KL, KL(p || q): the word-level KD term (docs/method.md §2), mass-covering."""
     return _kl(teacher_logprobs, student_logprobs)
 
 
 def rkl_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor) -> Tensor:
-    """Reverse KL, KL(q || p): MiniLLM's objective, mode-seeking (REFERENCE §1, single-step term)."""
+    """Reverse KL, KL(q || p): MiniLLM's objective, mode-seeking (docs/method.md §1, single-step term)."""
     return _kl(student_logprobs, teacher_logprobs)
 
 
 def jsd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor, beta: float = 0.5) -> Tensor:
-    """Generalised JSD (GKD, Agarwal et al. 2024, eq. 1; REFERENCE §6), P = teacher, Q = student:
+    """Generalised JSD (GKD, Agarwal et al. 2024, eq. 1; docs/method.md §6), P = teacher, Q = student:
 
         JSD_beta = beta KL(P || M) + (1 - beta) KL(Q || M),   M = beta P + (1 - beta) Q.
 
@@ -140,7 +140,7 @@ def srkl_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor, alpha: fl
 
 
 def tvd_per_token(student_logprobs: Tensor, teacher_logprobs: Tensor) -> Tensor:
-    """Total variation distance, 1/2 sum_v |p - q|, in [0, 1] (REFERENCE §6)."""
+    """Total variation distance, 1/2 sum_v |p - q|, in [0, 1] (docs/method.md §6)."""
     return 0.5 * (teacher_logprobs.exp() - student_logprobs.exp()).abs().sum(-1)
 
 
@@ -327,13 +327,13 @@ def token_divergence(name: str, student_logits: Tensor, teacher_logits: Tensor, 
 
 
 def forward_kl(student_logits, teacher_logits, mask, *, chunk_size=None, reduction="mean", num_tokens=None) -> Tensor:
-    """KL(p || q) = sum_v p (log p - log q), p = teacher, q = student: word-level KD's term (REFERENCE §2)."""
+    """KL(p || q) = sum_v p (log p - log q), p = teacher, q = student: word-level KD's term (docs/method.md §2)."""
     return divergence("fkl", student_logits, teacher_logits, mask, chunk_size=chunk_size, reduction=reduction,
                       num_tokens=num_tokens)
 
 
 def reverse_kl(student_logits, teacher_logits, mask, *, chunk_size=None, reduction="mean", num_tokens=None) -> Tensor:
-    """KL(q || p) = sum_v q (log q - log p): MiniLLM's objective, per token (REFERENCE §1)."""
+    """KL(q || p) = sum_v q (log q - log p): MiniLLM's objective, per token (docs/method.md §1)."""
     return divergence("rkl", student_logits, teacher_logits, mask, chunk_size=chunk_size, reduction=reduction,
                       num_tokens=num_tokens)
 
@@ -351,7 +351,7 @@ def generalized_jsd(student_logits, teacher_logits, mask, beta=0.5, *, chunk_siz
 
 def skew_forward_kl(student_logits, teacher_logits, mask, alpha=0.1, *, chunk_size=None, reduction="mean",
                     num_tokens=None) -> Tensor:
-    """DistiLLM's skew KL, SKL_alpha = KL(p || alpha p + (1 - alpha) q); alpha = 0.1 by default (REFERENCE §6)."""
+    """DistiLLM's skew KL, SKL_alpha = KL(p || alpha p + (1 - alpha) q); alpha = 0.1 by default (docs/method.md §6)."""
     return divergence("skl", student_logits, teacher_logits, mask, chunk_size=chunk_size, reduction=reduction,
                       num_tokens=num_tokens, alpha=alpha)
 

@@ -29,7 +29,7 @@ class ModelFamily:
     name: the family's name (``llama``).
     model_types: the ``config.model_type`` values (or GGUF ``general.architecture``) this family handles.
     aliases: short names users type (``llama-7b``) mapped to Hugging Face hub ids.
-    prompt_format: ``alpaca`` (the template of REFERENCE.md §3) or ``chat`` (the tokenizer's chat template).
+    prompt_format: ``alpaca`` (the template of docs/method.md §3) or ``chat`` (the tokenizer's chat template).
     padding_side: the side prompts are padded on when batched for generation; decoder-only models pad left.
     layers_path: dotted attribute path to the ModuleList of transformer blocks (used to cut students).
     add_bos: prepend the tokenizer's BOS token to prompts (the model was pre-trained with it).

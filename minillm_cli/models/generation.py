@@ -11,7 +11,7 @@ from ..errors import MinillmError
 
 @dataclass
 class SamplingConfig:
-    """Decoding settings; the defaults are the paper's (REFERENCE.md §2, §4): pure sampling at temperature 1."""
+    """Decoding settings; the defaults are the paper's (docs/method.md §2, §4): pure sampling at temperature 1."""
 
     temperature: float = 1.0        # 0 means greedy decoding
     top_k: int = 0                  # 0 disables top-k filtering

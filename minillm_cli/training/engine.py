@@ -153,7 +153,7 @@ class Engine:
         return self._sample(self.teacher, batch, "teacher")
 
     def sample_mixed(self, batch: Batch, alpha: float, coins: str = "step") -> Batch:
-        """Teacher-mixed rollouts (REFERENCE §1) for the batch's prompts, with per-token log-probs in extras;
+        """Teacher-mixed rollouts (docs/method.md §1) for the batch's prompts, with per-token log-probs in extras;
         ``coins`` as in ``rollout.sample_rollouts``."""
         from .rollout import sample_rollouts
 

@@ -19,7 +19,7 @@ def lr_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int,
     if schedule == "linear":
         return floor + (1.0 - floor) * (1.0 - progress)
     if schedule == "cosine":
-        # Cosine decay from the peak to min_lr (the reference decays to 1e-7, REFERENCE §2).
+        # Cosine decay from the peak to min_lr (the reference decays to 1e-7, docs/method.md §2).
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule '{schedule}'; known: {', '.join(SCHEDULES)}")
 

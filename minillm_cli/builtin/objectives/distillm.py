@@ -61,7 +61,7 @@ class DistiLLM(Objective):
     help = (
         "DistiLLM (Ko et al., ICML 2024): skew reverse KL (or skew KL) with alpha 0.1, plus the adaptive "
         "off-policy schedule: student-generated outputs are used with a probability that rises when the "
-        "validation loss rises, and reused from a replay buffer (REFERENCE.md §6; reference code "
+        "validation loss rises, and reused from a replay buffer (docs/method.md §6; reference code "
         "github.com/jongwooko/distillm)."
     )
     Options = DistiLLMOptions

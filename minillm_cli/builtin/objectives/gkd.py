@@ -15,7 +15,7 @@ from ._common import in_unit_interval, needs_by_options, weighted_loss
 
 @dataclass
 class GKDOptions:
-    beta: float = option(0.5, "β of the generalised JSD: 0 behaves as forward KL, 1 as reverse KL (REFERENCE §6).")
+    beta: float = option(0.5, "β of the generalised JSD: 0 behaves as forward KL, 1 as reverse KL (docs/method.md §6).")
     lmbda: float = option(0.5, "On-policy fraction λ: probability that a batch's responses are student samples.")
     seq_kd: bool = option(False, "Off-policy batches use teacher samples instead of the gold responses (TRL's seq_kd).")
 
@@ -37,7 +37,7 @@ class GKD(Objective):
     help = (
         "Generalised KD (Agarwal et al., ICLR 2024): token-level generalised JSD(beta) between teacher and "
         "student; with probability lmbda the responses are sampled from the student (on-policy), otherwise "
-        "gold (or teacher samples with seq_kd), as in TRL's GKDTrainer (REFERENCE.md §6)."
+        "gold (or teacher samples with seq_kd), as in TRL's GKDTrainer (docs/method.md §6)."
     )
     Options = GKDOptions
     needs = needs_by_options({"gold", "teacher", "student_samples", "teacher_samples"}, _gkd_needs)

@@ -1,4 +1,4 @@
-"""KD: word-level knowledge distillation on the gold responses, (1 − r)·CE + r·FKL (REFERENCE §2)."""
+"""KD: word-level knowledge distillation on the gold responses, (1 − r)·CE + r·FKL (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class KD(Objective):
     name = "kd"
     help = (
         "Word-level KD on the gold responses: (1 − ratio)·cross-entropy + ratio·forward KL(teacher ‖ student) "
-        "over the whole vocabulary; the reference baseline uses ratio 0.5 (REFERENCE.md §2)."
+        "over the whole vocabulary; the reference baseline uses ratio 0.5 (docs/method.md §2)."
     )
     Options = KDOptions
     needs = frozenset({"gold", "teacher"})

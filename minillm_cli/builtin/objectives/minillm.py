@@ -1,4 +1,4 @@
-"""MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher, minimised by policy gradient (REFERENCE.md §1-2).
+"""MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher, minimised by policy gradient (docs/method.md §1-2).
 
 Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``, with the coins of ``mix_coins``: see
 ``rollout``; its ``extras`` hold the log-probs recorded at sampling time, aligned with ``labels``: the rewards and
@@ -17,7 +17,7 @@ importance weights below use those, and no teacher pass recomputes them):
 
 Every per-token sum is divided by ``ctx.num_tokens`` exactly once. Rollouts are sampled per optimizer step, one
 rollout batch per micro-batch (``grad_accum`` of them: the step's rollout buffer), and the buffer serves
-``ppo_epochs`` consecutive optimizer steps (REFERENCE §2: several PPO epochs over stored rollouts; the old
+``ppo_epochs`` consecutive optimizer steps (docs/method.md §2: several PPO epochs over stored rollouts; the old
 log-probs stay those recorded at sampling, so the PPO ratio is right). Rewards and advantages are computed once
 per buffer; the reference variant whitens them with the mean and variance over every valid token of the buffer
 on every process (``ctx.sum_over_processes``), as the reference code's global whitening does.
@@ -269,7 +269,7 @@ class MiniLLM(Objective):
     help = (
         "MiniLLM (Gu et al., ICLR 2024): reverse KL to the teacher by policy gradient on teacher-mixed rollouts: "
         "PPO-clipped long-term term on length-normalised returns plus the exact single-step reverse KL "
-        "(REFERENCE.md §1) plus the language-modelling loss L_PT on plain text (lm_weight 1; lm_weight=0 is the "
+        "(docs/method.md §1) plus the language-modelling loss L_PT on plain text (lm_weight 1; lm_weight=0 is the "
         "'no L_PT' ablation, lm_kd_ratio=0.5 the LMOps code's CE+FKL mix); variant=reference follows the LMOps code."
     )
     Options = MiniLLMOptions
@@ -404,7 +404,7 @@ class MiniLLM(Objective):
 
     def attach_advantages(self, batches, sum_over_processes=None) -> None:
         """Store rewards and advantages in each rollout batch's extras, the reference variant whitened with the
-        moments of the whole buffer across processes (REFERENCE §1: global mean and variance)."""
+        moments of the whole buffer across processes (docs/method.md §1: global mean and variance)."""
         o = self.options
         masks = [batch.loss_mask.bool() for batch in batches]
         rewards = [scaled_rewards(b.extras["teacher_logprobs"], b.extras["old_logprobs"], m, o.reward_scale, o.reward_clip)

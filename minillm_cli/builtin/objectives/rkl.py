@@ -20,7 +20,7 @@ class RKL(Objective):
     name = "rkl"
     help = (
         "Token-level reverse KL(student ‖ teacher) over the vocabulary on the gold responses (off-policy; the "
-        "on-policy sequence-level version is the 'minillm' objective, REFERENCE.md §1), plus ce_weight·CE."
+        "on-policy sequence-level version is the 'minillm' objective, docs/method.md §1), plus ce_weight·CE."
     )
     Options = RKLOptions
     needs = frozenset({"gold", "teacher"})

@@ -46,7 +46,7 @@ class SeqKD(Objective):
     help = (
         "Sequence-level KD (Kim & Rush 2016): the teacher samples a response for every training prompt (cached "
         "on disk), and the student trains on those with (1 − ratio)·CE + ratio·forward KL. ratio 0 (default) is "
-        "SFT on teacher outputs; the MiniLLM reference scripts use KD with ratio 0.5 on them (REFERENCE.md §2)."
+        "SFT on teacher outputs; the MiniLLM reference scripts use KD with ratio 0.5 on them (docs/method.md §2)."
     )
     Options = SeqKDOptions
     # The teacher is needed during training only for the KL term; prepare_data loads it by itself.

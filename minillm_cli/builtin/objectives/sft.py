@@ -1,4 +1,4 @@
-"""SFT: cross-entropy on the gold responses, the "SFT w/o KD" baseline (REFERENCE §2, §5)."""
+"""SFT: cross-entropy on the gold responses, the "SFT w/o KD" baseline (docs/method.md §2, §5)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class SFT(Objective):
     name = "sft"
     help = (
         "Supervised fine-tuning: cross-entropy on the gold responses, no teacher (the paper's 'SFT w/o KD' "
-        "baseline and the students' initialisation step; REFERENCE.md §2)."
+        "baseline and the students' initialisation step; docs/method.md §2)."
     )
     needs = frozenset({"gold"})
 

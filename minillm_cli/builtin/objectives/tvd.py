@@ -1,4 +1,4 @@
-"""Total variation distance ½ Σ_v |p − q| on the gold responses (REFERENCE §6), optionally plus CE."""
+"""Total variation distance ½ Σ_v |p − q| on the gold responses (docs/method.md §6), optionally plus CE."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class TVD(Objective):
     name = "tvd"
     help = (
         "Token-level total variation distance ½ Σ_v |p − q| between teacher and student on the gold responses "
-        "(a baseline in GKD and DistiLLM; REFERENCE.md §6), plus ce_weight·CE."
+        "(a baseline in GKD and DistiLLM; docs/method.md §6), plus ce_weight·CE."
     )
     Options = TVDOptions
     needs = frozenset({"gold", "teacher"})
