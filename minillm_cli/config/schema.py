@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .validate import NOT_EMPTY, Rule, at_least, greater_than
+from ..models.family import PROMPT_FORMATS
 from ..objective import option
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -26,7 +27,7 @@ class DataConfig:
     valid_size: float = option(0.1, "Fraction (< 1) or number of training examples held out for validation.", rule=at_least(0))
     limit: Optional[int] = option(None, "Use only the first N training examples.", rule=greater_than(0))
     fields: Optional[str] = option(None, "Field mapping, e.g. 'instruction=question,output=answer'.")
-    prompt_format: Optional[str] = option(None, "alpaca or chat; null uses the model family's.", choices=("alpaca", "chat"))
+    prompt_format: Optional[str] = option(None, "alpaca or chat; null uses the model family's.", choices=PROMPT_FORMATS)
     max_prompt_tokens: int = option(256, "Prompts longer than this are dropped (docs/method.md §3).", rule=greater_than(0))
     max_response_tokens: int = option(256, "Gold responses are truncated to this many tokens.", rule=greater_than(0))
     lm_corpus: Optional[str] = option(None, "Plain-text corpus for objectives with a language-modelling term.")
