@@ -292,3 +292,91 @@ def test_unknown_coins_are_rejected(pair):
     with pytest.raises(MinillmError, match="coins"):
         sample_rollouts(student, teacher, tokenizer, _prompts(tokenizer)[:1], SamplingConfig(max_new_tokens=2),
                         coins="batch")
+
+
+# --- the catch-up passes' hidden states serve the objective's teacher pass ----------------------------------------
+
+
+@pytest.mark.parametrize("coins", ["step", "row"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_rollout_teacher_hidden_states_equal_a_full_forward(pair, coins, alpha):
+    """Each row's recorded teacher states at response positions 0 … T−1 are those of one uncached, unpadded
+    forward pass (left padding in the sampling batch, a row that finishes early), and ``to_batch`` lays them
+    where ``forward_hidden`` over the training batch has them: on the loss mask."""
+    from minillm_cli.models.forward import forward_hidden
+
+    student, teacher, tokenizer = pair
+    prompts = _prompts(tokenizer)
+    plain = sample_rollouts(student, teacher, tokenizer, prompts, SamplingConfig(max_new_tokens=10), alpha=alpha,
+                            seed=4, coins=coins)
+    eos = plain.responses[0][min(2, len(plain.responses[0]) - 1)]
+    fake = SimpleNamespace(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    rollouts = sample_rollouts(student, teacher, fake, prompts, SamplingConfig(max_new_tokens=10), alpha=alpha,
+                               seed=4, coins=coins)
+    assert rollouts.finished[0] and len({len(r) for r in rollouts.responses}) > 1
+    for prompt, response, states in zip(rollouts.prompts, rollouts.responses, rollouts.teacher_hidden):
+        with torch.no_grad():
+            full = teacher.base_model(torch.tensor([prompt + response])).last_hidden_state[0]
+        assert states.shape == (len(response), full.shape[-1])
+        torch.testing.assert_close(states, full[len(prompt) - 1:len(prompt) - 1 + len(response)], atol=1e-4, rtol=0)
+
+    batch = rollouts.to_batch(tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = forward_hidden(teacher, batch).hidden
+    kept = batch.extras["teacher_hidden"]
+    torch.testing.assert_close(kept[batch.loss_mask], reference[batch.loss_mask], atol=1e-4, rtol=0)
+    assert not kept[~batch.loss_mask].any()
+
+
+def test_eager_sampler_leaves_the_teacher_pass_to_the_objective(pair):
+    student, teacher, tokenizer = pair
+    rollouts = sample_rollouts(student, teacher, tokenizer, _prompts(tokenizer), SamplingConfig(max_new_tokens=4),
+                               alpha=0.3, seed=4, coins="none")
+    assert rollouts.teacher_hidden is None
+    assert "teacher_hidden" not in rollouts.to_batch(tokenizer.pad_token_id).extras
+
+
+def test_engine_teacher_forward_reads_a_rollouts_kept_states(pair):
+    """``Engine.teacher_forward`` on a rollout batch that carries the teacher's states runs no teacher pass, and
+    the minillm loss and gradients from those states equal those from a fresh teacher pass (float noise)."""
+    from minillm_cli.builtin.objectives.minillm import MiniLLM, MiniLLMOptions
+    from minillm_cli.models.forward import forward_hidden
+    from minillm_cli.objective import StepContext
+    from minillm_cli.training.engine import Engine
+
+    student, teacher, tokenizer = pair
+    width = teacher.get_output_embeddings().weight.shape[0]
+    rollouts = sample_rollouts(student, teacher, tokenizer, _prompts(tokenizer), SamplingConfig(max_new_tokens=8),
+                               alpha=0.3, seed=5)
+    batch = rollouts.to_batch(tokenizer.pad_token_id)
+    engine = SimpleNamespace(teacher=teacher, teacher_cache=None, vocab_width=width, teacher_partitioned=False,
+                             objective=SimpleNamespace(name="minillm"))
+    recorder = _PassRecorder(teacher)
+    try:
+        kept = Engine.teacher_forward(engine, batch)
+    finally:
+        recorder.remove()
+    assert recorder.fed == [] and kept.hidden is batch.extras["teacher_hidden"]
+
+    student = copy.deepcopy(student).train().requires_grad_(True)
+
+    def loss_and_grads(teacher_forward):
+        student.zero_grad()
+        ctx = StepContext(step=0, num_tokens=float(batch.num_tokens), student=student, teacher=teacher,
+                          vocab_width=width, chunk_tokens=7, student_forward=lambda b: forward_hidden(student, b),
+                          teacher_forward=teacher_forward, sample_student=None, sample_teacher=None, lm_batch=None,
+                          rng=None, training_progress=0.0, sample_mixed=None)
+        loss = MiniLLM(MiniLLMOptions(lm_weight=0.0)).loss(batch, ctx).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in student.parameters() if p.grad is not None]
+
+    def fresh(b):
+        with torch.inference_mode():
+            return forward_hidden(teacher, b, width)
+
+    loss_kept, grads_kept = loss_and_grads(lambda b: Engine.teacher_forward(engine, b))
+    loss_fresh, grads_fresh = loss_and_grads(fresh)
+    torch.testing.assert_close(loss_kept, loss_fresh, atol=1e-5, rtol=1e-5)
+    assert len(grads_kept) == len(grads_fresh) > 0
+    for a, b in zip(grads_kept, grads_fresh):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

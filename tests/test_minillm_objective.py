@@ -19,7 +19,6 @@ from minillm_cli.builtin.objectives.minillm import (
     MiniLLMOptions,
     discounted_whitened_advantages,
     length_normalised_returns,
-    token_logprobs_and_rkl,
 )
 from minillm_cli.models.forward import forward_hidden
 from minillm_cli.models.generation import SamplingConfig
@@ -259,8 +258,9 @@ def test_single_step_term_is_brute_force_reverse_kl(student, teacher, tokenizer,
 def with_exact_old(batch, student, teacher, tokenizer, ctx):
     """Replace the recorded old log-probs by the full forward's (KV-cache decoding differs by float noise)."""
     with torch.no_grad():
-        lp, _ = token_logprobs_and_rkl(ctx.student_forward(batch), ctx.teacher_forward(batch), batch.labels,
-                                       batch.loss_mask)
+        student_forward = ctx.student_forward(batch)
+        logits = student_forward.head(student_forward.hidden[batch.loss_mask]).float()
+        lp = logits.log_softmax(-1).gather(-1, batch.labels[batch.loss_mask][:, None]).squeeze(-1)
     old = batch.extras["old_logprobs"].clone()
     assert old[batch.loss_mask].double().numpy() == pytest.approx(lp.double().numpy(), abs=1e-4)
     old[batch.loss_mask] = lp

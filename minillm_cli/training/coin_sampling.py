@@ -97,8 +97,9 @@ def sample_chunk_with_coins(student, teacher, chunk, sampling, alpha, flipper, g
     lengths = torch.stack(alive, dim=1).sum(-1).tolist()
     rows = [torch.stack(sampled, dim=1), token_logq, token_logp, token_mixed]
     tokens, olds, teachers, mixeds = ([row[:n] for row, n in zip(t.tolist(), lengths)] for t in rows)
+    hidden = [states[:n] for states, n in zip(lazy_teacher.hidden_states(), lengths)]
 
-    result.add(chunk, tokens, olds, teachers, mixeds, done.tolist())
+    result.add(chunk, tokens, olds, teachers, mixeds, done.tolist(), teacher_hidden=hidden)
 
 
 # Positions × rows of teacher logits made at once in a catch-up pass: a pass may cover up to max_new_tokens
@@ -110,7 +111,12 @@ class LazyTeacher:
     """The teacher's side of coin-mixed sampling: its KV cache over the prompt and the first ``fed`` sampled
     tokens, the log-prob row of the distribution that comes next (``current``, response position ``fed``) and
     log p of every sampled token before it. Each pass catches up over all tokens sampled since the previous
-    one in one forward pass through the model's body, then its head (``forward.output_head``, as the losses use)."""
+    one in one forward pass through the model's body, then its head (``forward.output_head``, as the losses use).
+
+    The passes also leave the teacher's final hidden state at every response position (the state whose head
+    row is the distribution of that position's token): ``hidden_states`` hands them to the rollout, so that the
+    objective's single-step term reads the teacher's distributions from them instead of running the teacher
+    over the rollout again (``Rollouts.teacher_hidden``)."""
 
     def __init__(self, model, width: int, prompt_ids, device):
         from ..models.forward import output_head
@@ -126,6 +132,7 @@ class LazyTeacher:
         self.fed = 0
         self.current = None
         self.token_logprobs = []      # [B] tensors: log p(y_j) for j < fed
+        self.hidden_pieces = []       # [B, n, H] hidden states of response positions 0 … fed, in order
 
     def distribution(self, step: int, sampled, mask):
         """log p(· | prompt, y_<step): [B, width] float32 on the sampling device. ``sampled`` holds the step's
@@ -141,6 +148,12 @@ class LazyTeacher:
         last = len(sampled) - 1
         self._catch_up(last, sampled, mask)
         return torch.stack(self.token_logprobs + [pick(self.current, sampled[last])], dim=1)
+
+    def hidden_states(self):
+        """[B, T, H]: the teacher's final hidden state at each response position 0 … T−1 (after ``finish``)."""
+        import torch
+
+        return torch.cat(self.hidden_pieces, dim=1)
 
     def _catch_up(self, step: int, sampled, mask):
         """Feed y_fed … y_{step−1} (the prompt and y_0 … y_{step−1} on the first pass) in one forward pass; its
@@ -160,6 +173,7 @@ class LazyTeacher:
             new = torch.stack(sampled[self.fed:step], dim=1)
             positions = (mask.cumsum(-1) - 1)[:, -new.shape[1]:]
         hidden = self._forward(new, mask, positions)[:, -(step - first + 1):]
+        self.hidden_pieces.append(hidden)
         targets = torch.stack(sampled[first:step], dim=1) if step > first else None
         self._read_rows(hidden, targets)
         self.fed = step
@@ -180,12 +194,17 @@ class LazyTeacher:
 
     def _read_rows(self, hidden, targets):
         """log p of ``targets`` ([B, n], or None for n = 0) under hidden rows 0 … n−1, a few positions at a time,
-        and the full log-prob row of the last hidden row as ``current``."""
-        if targets is not None:
-            targets = targets.to(hidden.device)
-            per_chunk = max(1, _HEAD_CHUNK_ROWS // hidden.shape[0])
-            for start in range(0, targets.shape[1], per_chunk):
-                logprobs = self.head(hidden[:, start:start + per_chunk]).float().log_softmax(dim=-1)
-                picked = logprobs.gather(-1, targets[:, start:start + per_chunk, None]).squeeze(-1)
-                self.token_logprobs.extend(picked.to(self.device).unbind(dim=1))
-        self.current = self.head(hidden[:, -1]).float().log_softmax(dim=-1).to(self.device)
+        and the full log-prob row of the last hidden row (n) as ``current``. The last row goes through the head
+        with the last chunk of targets: one read of the head's weights per chunk, which is what a pass of a
+        few tokens costs on a CPU."""
+        n = 0 if targets is None else targets.shape[1]
+        per_chunk = max(1, _HEAD_CHUNK_ROWS // hidden.shape[0])
+        for start in range(0, n + 1, per_chunk):
+            end = min(start + per_chunk, n + 1)
+            logprobs = self.head(hidden[:, start:end]).float().log_softmax(dim=-1)
+            if end > n:                              # this chunk holds the last row
+                self.current = logprobs[:, -1].to(self.device)
+                logprobs = logprobs[:, :-1]
+            if logprobs.shape[1]:
+                picked = logprobs.gather(-1, targets[:, start:start + logprobs.shape[1], None].to(hidden.device))
+                self.token_logprobs.extend(picked.squeeze(-1).to(self.device).unbind(dim=1))

@@ -21,7 +21,7 @@ from typing import Optional
 
 from ..data.batches import Batch, make_batch
 from .checkpoint import TrainerState, export_model, load_checkpoint, save_checkpoint
-from ..models.forward import forward_hidden
+from ..models.forward import Forward, forward_hidden, output_head
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
 from .run_log import RunLog, progress_display
@@ -116,8 +116,6 @@ class Engine:
         return self.accelerator.unwrap_model(self.student).lm
 
     def student_forward(self, batch: Batch):
-        from ..models.forward import Forward, output_head
-
         head = output_head(self.unwrapped(), self.vocab_width)
         if self.zero_stage == 3:
             head.parameters = None   # partitioned weights: the fused head path needs whole ones (checkpointed path)
@@ -130,6 +128,10 @@ class Engine:
             return self.teacher_cache.for_batch(batch)
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' uses the teacher but does not declare it in needs")
+        if "teacher_hidden" in batch.extras:
+            # A rollout batch whose sampling already ran the teacher over every response token
+            # (``Rollouts.teacher_hidden``): its final hidden states are what this pass would compute again.
+            return Forward(batch.extras["teacher_hidden"], output_head(self.teacher, self.vocab_width))
         with torch.inference_mode():
             forward = forward_hidden(self.teacher, batch, self.vocab_width)
         if self.teacher_partitioned:   # ZeRO-3 teacher: one gather of its head, not one collective per chunk

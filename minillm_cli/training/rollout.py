@@ -52,7 +52,7 @@ from p̃ and w_t is only the paper's approximation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..data.batches import Batch, make_batch
@@ -72,12 +72,22 @@ class Rollouts:
     mixed_logprobs: list[list[float]]     # log p̃(y_t | ·), p̃ = α p + (1−α) q
     finished: list[bool]                  # ended with eos within max_new_tokens
     alpha: float = 0.2
+    # The teacher's final hidden states at each response position ([T, H] per row), when the sampler's teacher
+    # passes made them (the coin-mixed sampler's lazy teacher does; the eager one does not): None otherwise.
+    teacher_hidden: Optional[list] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def add(self, prompts, responses, old_logprobs, teacher_logprobs, mixed_logprobs, finished) -> None:
-        """Append one sampled batch (row-aligned lists, as each sampler produces them)."""
+    def add(self, prompts, responses, old_logprobs, teacher_logprobs, mixed_logprobs, finished,
+            teacher_hidden=None) -> None:
+        """Append one sampled batch (row-aligned lists, as each sampler produces them); ``teacher_hidden`` is
+        the teacher's [T, H] hidden states per row, or None when the sampler did not make them (then the whole
+        buffer has none: an objective needing them runs the teacher instead)."""
+        if teacher_hidden is None or self.teacher_hidden is None:
+            self.teacher_hidden = None
+        else:
+            self.teacher_hidden.extend(teacher_hidden)
         self.prompts.extend(prompts)
         self.responses.extend(responses)
         self.old_logprobs.extend(old_logprobs)
@@ -93,7 +103,9 @@ class Rollouts:
         """A Batch of prompt+response sequences (``batches.make_batch`` convention) whose ``extras`` hold
         [B, L] float32 tensors ``old_logprobs``, ``teacher_logprobs``, ``mixed_logprobs`` and
         ``importance_weights`` aligned with ``loss_mask`` (entry [b, t] belongs to the token ``labels[b, t]``;
-        zero where the mask is 0), and ``finished`` ([B] bool)."""
+        zero where the mask is 0), ``finished`` ([B] bool) and, when the sampler made them, ``teacher_hidden``
+        ([B, L, H], the teacher's final hidden states aligned the same way: ``Engine.teacher_forward`` reads the
+        teacher's distributions from them instead of running the teacher over the batch again)."""
         import torch
 
         batch = make_batch(self.prompts, self.responses, pad_id, padding_side=padding_side, source=source)
@@ -111,7 +123,21 @@ class Rollouts:
             batch.extras[name] = tensor
         batch.extras["finished"] = torch.tensor(self.finished, dtype=torch.bool)
         batch.extras["alpha"] = self.alpha
+        if self.teacher_hidden:
+            batch.extras["teacher_hidden"] = self._hidden_tensor(batch.loss_mask)
         return batch
+
+    def _hidden_tensor(self, loss_mask):
+        """[B, L, H] with row b's response-position states where ``loss_mask[b]`` is true (each such position
+        predicts the next response token, as the states do), zeros elsewhere."""
+        import torch
+
+        first = self.teacher_hidden[0]
+        tensor = torch.zeros((*loss_mask.shape, first.shape[-1]), dtype=first.dtype, device=first.device)
+        for row, states in enumerate(self.teacher_hidden):
+            if states.shape[0]:
+                tensor[row, loss_mask[row].to(first.device)] = states
+        return tensor
 
 
 def sample_rollouts(

@@ -13,7 +13,8 @@ importance weights below use those, and no teacher pass recomputes them):
   batch's valid tokens, w_t inside the PPO ratio, single-step term unweighted;
 - long-term term: PPO-clipped policy gradient max(−A ρ, −A clip(ρ, 1−ε, 1+ε)), ρ = exp(log q_θ − log q_θold)
   (× w_t in the reference variant);
-- single-step term: Σ_t KL(q_θ(·|y_<t) ‖ p(·|y_<t)) exactly over the vocabulary (× w_t in the paper variant).
+- single-step term: Σ_t KL(q_θ(·|y_<t) ‖ p(·|y_<t)) exactly over the vocabulary (× w_t in the paper variant);
+  both terms come from one projection per chunk of tokens, their gradient in closed form (``losses.policy``).
 
 Every per-token sum is divided by ``ctx.num_tokens`` exactly once. Rollouts are sampled per optimizer step, one
 rollout batch per micro-batch (``grad_accum`` of them: the step's rollout buffer), and the buffer serves
@@ -232,38 +233,6 @@ def discounted_whitened_advantages(rewards, mask, gamma: float, *, normalise: bo
     return whiten(discounted_returns(rewards, mask, gamma, normalise=normalise), mask)
 
 
-def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
-    """On the masked rows: log q_θ(label) and KL(q_θ ‖ p) per token ([N] each, float32, graph to the student),
-    from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing."""
-    import torch
-
-    from ...losses.divergences import token_divergence
-    from ...losses.chunks import checkpointed, chunk_bounds
-
-    mask = mask.bool()
-    student_rows = student.hidden[mask]
-    teacher_rows = teacher.hidden[mask]
-    targets = labels[mask]
-
-    def chunk(student_chunk, teacher_chunk, chunk_targets):
-        student_logits = student.head(student_chunk).float()
-        with torch.no_grad():
-            teacher_logits = teacher.head(teacher_chunk).float()
-        logprob = student_logits.log_softmax(-1).gather(-1, chunk_targets[:, None]).squeeze(-1)
-        rkl = token_divergence("rkl", student_logits[None], teacher_logits[None])[0]
-        return logprob, rkl
-
-    logprobs, rkls = [], []
-    for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
-        lp, kl = checkpointed(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
-        logprobs.append(lp)
-        rkls.append(kl)
-    if not logprobs:
-        empty = student_rows.new_zeros((0,), dtype=torch.float32)
-        return empty, empty
-    return torch.cat(logprobs), torch.cat(rkls)
-
-
 class MiniLLM(Objective):
     name = "minillm"
     help = (
@@ -419,41 +388,37 @@ class MiniLLM(Objective):
     def loss(self, batch, ctx: StepContext) -> LossOutput:
         import torch
 
+        from ...losses.policy import PolicyTokens, policy_loss
+
         o = self.options
         mask = batch.loss_mask.bool()
         student = ctx.student_forward(batch)
-        teacher = self._teacher_forward(batch, ctx)
-        logprobs, rkl = token_logprobs_and_rkl(student, teacher, batch.labels, mask, ctx.chunk_tokens)
+        teacher = self._teacher_forward(batch, ctx) if o.single_step else None
 
         rewards, adv = self.advantages(batch)
         rewards, adv = rewards[mask], adv[mask]
         old = batch.extras["old_logprobs"].float()[mask]
         weights = batch.extras["importance_weights"].float()[mask]
         denominator = float(ctx.num_tokens)
-
-        ratio = torch.exp(logprobs - old)
-        if o.variant == "reference":
-            ratio = ratio * weights
-        clipped = ratio.clamp(1 - o.clip_eps, 1 + o.clip_eps)
-        pg_tokens = torch.maximum(-adv * ratio, -adv * clipped)
-        if o.variant == "paper":
-            pg_tokens = pg_tokens * weights
-        pg = pg_tokens.sum() / denominator
-        loss = pg
-        metrics = {"pg": float(pg.detach())}
+        paper = o.variant == "paper"
+        # paper: w_t multiplies both terms; reference: w_t inside the PPO ratio, single-step term unweighted
+        tokens = PolicyTokens(
+            advantages=adv, old_logprobs=old, clip_eps=o.clip_eps,
+            ratio_weights=None if paper else weights, pg_weights=weights if paper else None,
+            single_weights=(weights if paper else torch.ones_like(weights)) if o.single_step else None,
+        )
+        sums = policy_loss(student, teacher, batch.labels, mask, tokens, chunk_tokens=ctx.chunk_tokens)
+        loss = sums.loss / denominator
+        metrics = {"pg": sums.pg / denominator}
         if o.single_step:
-            single_tokens = rkl * weights if o.variant == "paper" else rkl
-            single = single_tokens.sum() / denominator
-            loss = loss + single
-            metrics["single"] = float(single.detach())
+            metrics["single"] = sums.single / denominator
         if o.lm_weight > 0:
             lm, lm_metrics = self.lm_term(ctx, float(mask.sum()) / denominator, self._lm_plan.pop(id(batch), None))
             loss = loss + o.lm_weight * lm
             metrics.update(lm_metrics)
-        with torch.no_grad():
-            metrics["reward"] = float(rewards.sum() / denominator)
-            metrics["ratio"] = float(ratio.sum() / denominator)
-            metrics["clip_frac"] = float((clipped != ratio).float().sum() / denominator)
+        metrics["reward"] = float(rewards.sum() / denominator)
+        metrics["ratio"] = sums.ratio / denominator
+        metrics["clip_frac"] = sums.clipped / denominator
         # Keeps a graph (for backward) even on a micro-batch without loss tokens.
         loss = loss + student.hidden.float().sum() * 0.0
         return LossOutput(loss, metrics)
