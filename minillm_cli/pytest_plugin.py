@@ -47,6 +47,7 @@ import pytest
 # sequences, short validation and sampling. (student_layers matters only when the student is cut from the teacher.)
 TINY_DISTILL = (
     "student_layers=2",
+    "warm_start.steps=0",
     "train.steps=2",
     "train.batch_size=2",
     "eval.rouge_examples=2",

@@ -55,7 +55,12 @@ run = run_cli
 
 
 def distill(capsys, teacher, output, *args):
-    return run(capsys, "distill", "--teacher", teacher, "--output-dir", output, "--no-progress", *TINY, *args)
+    """``minillm distill`` on tiny models; kd unless the test names an objective or a recipe (without either, the
+    command runs the embedded default job, tested on its own below)."""
+    named = {"--objective", "-o", "--recipe", "-r"} & {str(a) for a in args}
+    default = [] if named else ["--objective", "kd"]
+    return run(capsys, "distill", "--teacher", teacher, "--output-dir", output, "--no-progress", *TINY, *default,
+               *args)
 
 
 def flat(text: str) -> str:
@@ -417,3 +422,27 @@ def test_padded_vocab_needs_trim_vocab(teacher, tiny_models, home, tmp_path, cap
     assert "384 shared vocabulary entries" in flat(err)
     assert [r["step"] for r in train_records(read_metrics(output))] == [1, 2]
     assert_loadable(output / "final", layers=2, vocab_size=400)   # the student keeps its own rows
+
+
+def test_default_job_warm_starts_by_sft_then_runs_minillm(teacher, home, tmp_path, capsys):
+    """Without a recipe or an objective, ``minillm distill`` runs the embedded default job: a warm start by SFT in
+    OUTPUT/warm_start, then MiniLLM from its best export; the summary shows the three stages side by side, with
+    the reverse KL on the student's own samples; a resume continues the MiniLLM run without a second warm start."""
+    output = tmp_path / "run"
+    code, _, err = run(capsys, "distill", "--teacher", teacher, "--output-dir", output, "--no-progress", *TINY,
+                       "warm_start.steps=2", "data.lm_chunk_tokens=32", "checkpoint.every=1")
+    assert code == 0, err
+    flat = " ".join(err.split())
+    assert "warm start: 2 steps of sft" in flat and "minillm distill sft:" in flat and "minillm distill minillm:" in flat
+    assert "after sft" in flat and "after minillm" in flat and "own samples" in flat
+    assert (output / "warm_start" / "final" / "config.json").is_file() and (output / "final" / "config.json").is_file()
+    info = json.loads((output / "run_info.json").read_text())
+    assert info["config"]["objective"]["name"] == "minillm" and info["config"]["warm_start"]["steps"] == 0
+    assert info["config"]["student"] in (str(output / "warm_start" / "best"), str(output / "warm_start" / "final"))
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any("valid_rkl_own_samples" in r for r in records)
+    warm_final = (output / "warm_start" / "final").stat().st_mtime_ns
+
+    code, _, err = run(capsys, "distill", "--resume", output, "train.steps=3", "--no-progress")
+    assert code == 0, err
+    assert "warm start" not in err and (output / "warm_start" / "final").stat().st_mtime_ns == warm_final

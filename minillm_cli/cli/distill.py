@@ -33,7 +33,8 @@ def distill(
     deepspeed_config: Optional[str] = typer.Option(None, help="Your DeepSpeed JSON config (parallel.deepspeed_config).", rich_help_panel="Scaling out"),
     teacher_shard: Optional[str] = typer.Option(None, help="none, device_map or zero3 (parallel.teacher_shard).", rich_help_panel="Scaling out"),
 ) -> None:
-    """Distill a teacher into a student. With no arguments: the embedded default, offline, in a few minutes."""
+    """Distill a teacher into a student. Without --recipe or --objective: the embedded default job, MiniLLM after a
+    short SFT warm start (offline, minutes on a laptop CPU); --objective NAME runs that objective on the defaults."""
     from ..runs.distill import run_distill_command
     from ..runs.launch import LaunchOptions, distill_args, inside_launcher, relaunch
 

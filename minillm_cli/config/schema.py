@@ -110,6 +110,13 @@ class ParallelConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    steps: int = option(0, "Optimizer steps of a warm start before the run: the student is first trained with warm_start.objective (cross-entropy on the gold responses by default) as a run of its own in OUTPUT/warm_start, whose best export becomes this run's student; the paper starts MiniLLM from an SFT-initialised student (docs/method.md §2). 0 = none: the student as given.", rule=at_least(0))
+    objective: str = option("sft", "Objective of the warm start (its default options).", rule=NOT_EMPTY)
+    lr: float = option(5e-4, "Peak learning rate of the warm start (its schedule, batch size and validation are the run's).", rule=greater_than(0))
+
+
+@dataclass
 class DistillConfig:
     teacher: str = option("smollm2-135m-instruct", "Teacher: alias, hub id, model directory or .gguf file.", rule=NOT_EMPTY)
     student: Optional[str] = option(None, "Student; null cuts one from the teacher (student_layers).")
@@ -121,6 +128,7 @@ class DistillConfig:
     objective: dict = option(None, "Objective name and options: {name: kd, ratio: 0.5}.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig, metadata={"help": "A warm start of the student (SFT) before the run, in OUTPUT/warm_start."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Sampling."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Validation."})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "Checkpoints."})

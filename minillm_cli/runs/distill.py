@@ -13,8 +13,8 @@ def run_distill_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from ..training.checkpoint import find_resume_checkpoint, rewind_metrics
-    from ..config.recipes import config_to_dict, dump_config, load_config
+    from ..training.checkpoint import find_resume_checkpoint
+    from ..config.recipes import dump_config, load_config
 
     console = Console(stderr=True)
     checkpoint = None
@@ -25,6 +25,8 @@ def run_distill_command(
         if recipe is None:
             # The run continues with the config it was started with, plus whatever this command overrides.
             recipe = str(checkpoint / "config.yaml")
+    elif recipe is None and not names_objective(overrides, options):
+        recipe = str(DEFAULT_JOB)
     config, objective_options = load_config(recipe, overrides=overrides, options=options)
     config_yaml = dump_config(config, objective_options)
     if print_config:
@@ -32,6 +34,75 @@ def run_distill_command(
         return
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
+    warm = None
+    if checkpoint is None and config.warm_start.steps > 0:
+        warm_objective = config.warm_start.objective
+        config, warm = _warm_start(config, console=console, progress=progress, overwrite=overwrite)
+        config_yaml = dump_config(config, objective_options)
+    result = _train(config, objective_options, console=console, progress=progress, config_yaml=config_yaml,
+                    checkpoint=checkpoint, overwrite=overwrite)
+    if warm is not None:   # the warm-started student (its best export) is this run's "before"
+        columns = [("before", warm.before), (f"after {warm_objective}", result.before),
+                   (f"after {config.objective['name']}", result.after)]
+    else:
+        columns = [("before", result.before), ("after", result.after)]
+    _print_summary(console, result, config, columns)
+
+
+# The embedded default job: what `minillm distill` runs without a recipe or an objective (the paper's pipeline,
+# scaled to minutes on a laptop CPU). Any --recipe or objective name starts from the schema's defaults instead.
+DEFAULT_JOB = Path(__file__).resolve().parents[1] / "resources" / "default_job.yaml"
+
+
+def names_objective(overrides, options) -> bool:
+    """Whether the command line picks an objective (``--objective``, ``objective=…`` or ``objective.name=…``)."""
+    if options.get("objective.name") is not None:
+        return True
+    return any(str(item).split("=", 1)[0].strip() in ("objective", "objective.name") for item in overrides or [])
+
+
+def _warm_start(config, *, console, progress: bool, overwrite: bool):
+    """Run the warm start (``config.warm_start``) in OUTPUT/warm_start unless a finished one is there, and return
+    the main run's config (its student: the warm start's best export, or final) with the warm start's result
+    (None when an earlier one was reused)."""
+    import copy
+    import shutil
+
+    from ..config.schema import WarmStartConfig
+    from ..plugins import get_objective
+
+    warm_dir = Path(config.output_dir) / "warm_start"
+    result = None
+    if overwrite or not (warm_dir / "final").is_dir():
+        if warm_dir.exists():   # an earlier, unfinished or replaced warm start of this output directory
+            shutil.rmtree(warm_dir)
+        warm = copy.deepcopy(config)
+        warm.objective = {"name": config.warm_start.objective}
+        warm.train.steps, warm.train.lr = config.warm_start.steps, config.warm_start.lr
+        warm.output_dir = str(warm_dir)
+        warm.warm_start = WarmStartConfig()
+        options = get_objective(warm.objective["name"]).Options()
+        console.print(f"[bold]warm start[/]: {config.warm_start.steps} steps of {warm.objective['name']} "
+                      f"(lr {config.warm_start.lr:g}) → {warm_dir}")
+        from ..config.recipes import dump_config
+
+        result = _train(warm, options, console=console, progress=progress, config_yaml=dump_config(warm, options),
+                        checkpoint=None, overwrite=True)
+    else:
+        console.print(f"warm start: reusing {warm_dir} (pass --overwrite to redo it)")
+    export = warm_dir / "best" if (warm_dir / "best").is_dir() else warm_dir / "final"
+    main = copy.deepcopy(config)
+    main.student = str(export)
+    main.warm_start.steps = 0          # a resumed run continues from the warm-started student, not again
+    return main, result
+
+
+def _train(config, objective_options, *, console, progress: bool, config_yaml: str, checkpoint, overwrite: bool):
+    """Prepare and run one training run (the engine), with its run_info, resume and interruption handling."""
+    from rich.markup import escape
+
+    from ..training.checkpoint import rewind_metrics
+    from ..config.recipes import config_to_dict
     from .prepare import prepare
 
     prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
@@ -78,7 +149,7 @@ def run_distill_command(
             f"resume with: minillm distill --resume {config.output_dir}"
         )
         raise SystemExit(130)
-    _print_summary(console, result, config)
+    return result
 
 
 RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", "run_info.json")
@@ -115,18 +186,18 @@ def _output_dir_of(recipe, overrides, options) -> str:
     return config.output_dir
 
 
-def _print_summary(console, result, config) -> None:
+def _print_summary(console, result, config, columns) -> None:
     from rich.table import Table
 
     table = Table(title=f"student before and after {result.steps} steps of {config.objective['name']}")
     table.add_column("validation")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    names = {"valid_loss": "loss (CE, nats/token)", "valid_fkl": "KL(teacher‖student)", "valid_rougeL": "Rouge-L"}
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    names = {"valid_loss": "loss (CE, nats/token)", "valid_fkl": "KL(teacher‖student)", "valid_rougeL": "Rouge-L",
+             "valid_rkl_own_samples": "KL(student‖teacher), own samples"}
     for key, label in names.items():
-        if key in result.after or key in result.before:
-            fmt = lambda d: f"{d[key]:.3f}" if key in d else "-"  # noqa: E731
-            table.add_row(label, fmt(result.before), fmt(result.after))
+        if any(key in values for _, values in columns):
+            table.add_row(label, *(f"{values[key]:.3f}" if key in values else "-" for _, values in columns))
     console.print(table)
     console.print(
         f"median {result.seconds_per_step:.2f} s/step, {result.tokens_per_second:.0f} sequence tokens/s; "

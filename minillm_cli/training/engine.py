@@ -316,6 +316,7 @@ class Engine:
         import torch
 
         from ..losses.head import distill_loss, lm_loss
+        from ..evaluation.on_policy import reverse_kl_on_own_samples
         from ..evaluation.rouge import corpus_rouge_l
 
         cfg = self.config.eval
@@ -353,6 +354,11 @@ class Engine:
                 texts = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
                 refs = self.data.valid_references[: len(rouge_examples)]
                 results["valid_rougeL"] = corpus_rouge_l(texts, refs)
+                if self.teacher is not None and self.zero_stage != 3 and not self.teacher_partitioned:
+                    results["valid_rkl_own_samples"] = reverse_kl_on_own_samples(
+                        model, self.teacher, self.tokenizer, [e.prompt_ids for e in rouge_examples],
+                        max_new_tokens=cfg.max_new_tokens, vocab_width=self.vocab_width,
+                        batch_size=self.config.train.batch_size, chunk_tokens=self.config.train.chunk_tokens)
             if self.suite_validation is not None:  # eval.suites, through the evaluator plugins as `minillm eval`
                 results.update(self.suite_validation(model, device=self.device, teacher=self.teacher))
         finally:

@@ -95,6 +95,13 @@ class Rollouts:
         self.mixed_logprobs.extend(mixed_logprobs)
         self.finished.extend(bool(f) for f in finished)
 
+    def slice(self, start: int, end: int) -> "Rollouts":
+        """Rows ``start`` … ``end − 1`` as Rollouts of their own."""
+        hidden = None if self.teacher_hidden is None else self.teacher_hidden[start:end]
+        return Rollouts(self.prompts[start:end], self.responses[start:end], self.old_logprobs[start:end],
+                        self.teacher_logprobs[start:end], self.mixed_logprobs[start:end], self.finished[start:end],
+                        alpha=self.alpha, teacher_hidden=hidden)
+
     def importance_weights(self) -> list[list[float]]:
         """w_t = q(y_t) / p̃(y_t) = exp(old − mixed); exactly 1 when α = 0."""
         return [[math.exp(o - m) for o, m in zip(olds, mixed)] for olds, mixed in zip(self.old_logprobs, self.mixed_logprobs)]
