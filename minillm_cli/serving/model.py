@@ -75,7 +75,8 @@ class ServedModel:
 
         if request.max_tokens == 0:
             return [Completion(p, [], "length") for p in prompts]
-        sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p, max_new_tokens=request.max_tokens)
+        sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
+                                  max_new_tokens=request.max_tokens)
         generations = generate(self.model, self.tokenizer, prompts, sampling, seed=request.seed,
                                batch_size=len(prompts))
         eos = self.tokenizer.eos_token_id

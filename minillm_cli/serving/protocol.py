@@ -2,11 +2,12 @@
 
 Only the subset distillation needs: ``GET /v1/models`` and ``POST /v1/completions`` with ``prompt`` (a text, a
 list of texts, a list of token ids or a list of such lists), ``max_tokens`` (0 allowed with ``echo``),
-``temperature``, ``top_p``, ``seed``, ``logprobs: k``, ``echo`` and vLLM's ``return_tokens_as_token_ids``. Each
-choice's ``logprobs`` holds ``tokens``, ``token_logprobs``, ``top_logprobs`` (one {token: logprob} map per
-position: the k most likely tokens plus the chosen one) and ``text_offset``; with ``echo`` the prompt's first
-token has no log-probability (null). With ``return_tokens_as_token_ids`` every token is written ``token_id:N``,
-so a client never has to tokenise strings again.
+``temperature``, ``top_p``, ``seed``, ``logprobs: k``, ``echo``, and vLLM's extras ``top_k`` and
+``return_tokens_as_token_ids``; and vLLM's ``POST /tokenize``. Each choice's ``logprobs`` holds ``tokens``,
+``token_logprobs``, ``top_logprobs`` (one {token: logprob} map per position: the k most likely tokens plus the
+chosen one) and ``text_offset``; with ``echo`` the prompt's first token has no log-probability (null). With
+``return_tokens_as_token_ids`` every token is written ``token_id:N``, so a client never has to tokenise strings
+again.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class CompletionRequest:
     max_tokens: int
     temperature: float
     top_p: float
+    top_k: int
     seed: Optional[int]
     logprobs: Optional[int]
     echo: bool
@@ -136,6 +138,7 @@ def parse_completion_request(body, *, vocab_size: int, limits: Limits) -> Comple
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, float, 0.0, 100.0),
         top_p=_number(body, "top_p", 1.0, float, 0.0, 1.0, low_open=True),
+        top_k=max(_number(body, "top_k", 0, int, -1, vocab_size), 0),   # vLLM's extra; -1 and 0 mean off
         seed=_number(body, "seed", None, int, 0, 2**63 - 1),
         logprobs=_number(body, "logprobs", None, int, 0, vocab_size),
         echo=echo,

@@ -41,7 +41,7 @@ class CompletionsHandler(BaseHTTPRequestHandler):
         self._handle({"/health": self._health, "/v1/models": self._models, TOKENIZER_PATH: self._tokenizer}, "GET")
 
     def do_POST(self):
-        self._handle({"/v1/completions": self._completions}, "POST")
+        self._handle({"/v1/completions": self._completions, "/tokenize": self._tokenize}, "POST")
 
     def _health(self, _body):
         return {}
@@ -57,6 +57,17 @@ class CompletionsHandler(BaseHTTPRequestHandler):
         tokenizer = served.tokenizer
         return {"model": served.name, "fingerprint": tokenizer_fingerprint(tokenizer), "tokens": len(tokenizer),
                 "logit_width": served.width, "eos_token_id": tokenizer.eos_token_id}
+
+    def _tokenize(self, body):
+        """vLLM's ``/tokenize``: a text's token ids (a vLLM server's tokenizer is checked through it)."""
+        served = self.server.served
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            raise RequestError(400, "'prompt' must be a text", "prompt")
+        special = body.get("add_special_tokens", True)
+        if not isinstance(special, bool):
+            raise RequestError(400, "'add_special_tokens' must be true or false", "add_special_tokens")
+        tokens = list(served.tokenizer(body["prompt"], add_special_tokens=special)["input_ids"])
+        return {"count": len(tokens), "max_model_len": served.max_model_len, "tokens": tokens}
 
     def _completions(self, body):
         served = self.server.served
@@ -74,7 +85,7 @@ class CompletionsHandler(BaseHTTPRequestHandler):
         try:
             route = routes.get(path)
             if route is None:
-                known = {"/health", "/v1/models", TOKENIZER_PATH, "/v1/completions"}
+                known = {"/health", "/v1/models", TOKENIZER_PATH, "/v1/completions", "/tokenize"}
                 if path in known:
                     raise RequestError(405, f"{method} is not allowed on {path}")
                 raise RequestError(404, f"no route {path}; this server answers GET /v1/models and POST /v1/completions")

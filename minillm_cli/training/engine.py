@@ -55,8 +55,9 @@ class Engine:
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
         started_at: Optional[float] = None, teacher_cache=None, suite_validation=None,
     ):
-        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` that stands in for an unloaded teacher
-        (``data.teacher_logits``); ``suite_validation``: ``evaluation.validation.SuiteValidation`` for
+        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` (``data.teacher_logits``) or a
+        ``serving.teacher.ServedTeacher`` (``--teacher http://…/v1``) that stands in for an unloaded teacher;
+        ``suite_validation``: ``evaluation.validation.SuiteValidation`` for
         ``eval.suites``, called at every validation."""
         import torch
 
@@ -126,7 +127,7 @@ class Engine:
     def teacher_forward(self, batch: Batch):
         import torch
 
-        if self.teacher is None and self.teacher_cache is not None:  # data.teacher_logits: no teacher loaded
+        if self.teacher is None and self.teacher_cache is not None:  # cached or served top-k: no teacher loaded
             return self.teacher_cache.for_batch(batch)
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' uses the teacher but does not declare it in needs")
