@@ -113,7 +113,11 @@ class CompletionsHandler(BaseHTTPRequestHandler):
             raise RequestError(400, "a POST needs a Content-Length header")
         limit = self.server.served.limits.max_body_bytes
         if int(length) > limit:
-            self.close_connection = True   # the unread body must not be taken for the next request
+            self.close_connection = True   # an unread body must not be taken for the next request
+            if int(length) <= 16 * limit:  # read it away, so that the client hears the answer instead of a reset
+                remaining = int(length)
+                while remaining > 0 and (chunk := self.rfile.read(min(remaining, 1 << 16))):
+                    remaining -= len(chunk)
             raise RequestError(413, f"request body of {length} bytes; this server takes at most {limit}")
         raw = self.rfile.read(int(length))
         try:
