@@ -169,7 +169,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
-    if teacher_cache is not None:
+    if teacher_cache is not None and served_teacher is None:   # a file holds only the examples it was made from
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
     if "lm_chunks" in needs:
