@@ -75,23 +75,23 @@ def _distill(url, refs, tmp_path, objective="kd", teacher_topk=20, **options):
     return prepare(config, get_objective(objective).Options(**options), progress=False)
 
 
-def test_off_policy_objectives_train_against_the_server_without_loading_the_teacher(served_teacher, refs, tmp_path,
-                                                                                   monkeypatch):
+def test_token_level_objectives_train_against_the_server_without_loading_the_teacher(served_teacher, refs, tmp_path,
+                                                                                     monkeypatch):
     import minillm_cli.models.load as models
 
     loaded = []
     real = models.load_model
     monkeypatch.setattr(models, "load_model", lambda ref, **kw: loaded.append(str(ref.source)) or real(ref, **kw))
-    for objective, options in (("kd", {}), ("rkl", {}), ("gkd", {"lmbda": 0.0}),
-                               ("distillm", {"init_threshold": 0.0, "threshold_step": 0.0}), ("gkd", {"lmbda": 1.0})):
+    # Gold responses, student samples (gkd λ 1) and teacher samples from the server (gkd seq_kd) alike.
+    for number, (objective, options) in enumerate((
+            ("kd", {}), ("rkl", {}), ("gkd", {"lmbda": 0.0}), ("distillm", {"init_threshold": 0.0, "threshold_step": 0.0}),
+            ("gkd", {"lmbda": 1.0}), ("gkd", {"lmbda": 0.0, "seq_kd": True}))):
         loaded.clear()
-        prepared = _distill(served_teacher.url, refs, tmp_path / objective, objective, **options)
+        prepared = _distill(served_teacher.url, refs, tmp_path / str(number), objective, **options)
         assert loaded == [str(refs[0].source)] and prepared.engine.teacher is None, objective
         assert prepared.teacher_ref.spec == served_teacher.url
         record = prepared.engine.train_step()
         assert record["loss"] > 0 and torch.isfinite(torch.tensor(record["loss"])), objective
-    with pytest.raises(MinillmError, match="teacher_samples"):
-        _distill(served_teacher.url, refs, tmp_path / "x", "gkd", lmbda=0.0, seq_kd=True)
 
 
 def test_distill_kd_and_seqkd_from_the_command_line(served_teacher, refs, tmp_path, capsys, monkeypatch):
@@ -186,3 +186,41 @@ def test_down_refusing_or_nonsense_servers_are_one_line_errors(served_teacher):
     assert "HTTP 400" in message and "max_tokens" in message and "the-key-itself" not in message
     with pytest.raises(MinillmError, match="http\\(s\\)://HOST:PORT/v1|API root"):
         CompletionsClient("http://127.0.0.1:8000")
+
+
+@pytest.mark.parametrize("alpha, temperature", [(0.0, 1.0), (1.0, 0.0)])
+def test_served_rollouts_match_local_ones_where_the_draws_are_the_same(served_teacher, refs, tokenizer, teacher,
+                                                                      student, alpha, temperature):
+    """α = 0: the student draws every token, from the same generator; α = 1 greedy: the teacher picks every token.
+    Either way the served sampler gives the local tokens, and log p from the server equals the local teacher's."""
+    from minillm_cli.models.generation import SamplingConfig
+    from minillm_cli.training.rollout import sample_rollouts
+    from minillm_cli.training.served_rollout import sample_served_rollouts
+
+    served = connect(served_teacher.url, refs, tokenizer, k=5)
+    prompts = [tokenizer(p)["input_ids"] for p, _ in TRAIN]
+    sampling = SamplingConfig(temperature=temperature, max_new_tokens=5)
+    options = dict(alpha=alpha, seed=11, batch_size=4, vocab_width=384, coins="step")
+    local = sample_rollouts(student, teacher, tokenizer, prompts, sampling, **options)
+    remote = sample_served_rollouts(student, served, tokenizer, prompts, sampling, **options)
+    assert remote.responses == local.responses and remote.finished == local.finished
+    for name in ("old_logprobs", "teacher_logprobs", "mixed_logprobs"):
+        for a, b in zip(getattr(remote, name), getattr(local, name)):
+            assert a == pytest.approx(b, abs=1e-4), name
+
+
+def test_minillm_trains_against_the_server(served_teacher, refs, tmp_path, monkeypatch):
+    requests = []
+    real = CompletionsClient.complete
+    monkeypatch.setattr(CompletionsClient, "complete", lambda self, body: requests.append(body) or real(self, body))
+    prepared = _distill(served_teacher.url, refs, tmp_path, "minillm", alpha=0.5, ppo_epochs=2, lm_weight=0.0)
+    assert prepared.engine.teacher is None
+    for _ in range(2):
+        record = prepared.engine.train_step()
+        assert torch.isfinite(torch.tensor(record["loss"])) and "single" in record and "pg" in record
+    kinds = {(r["max_tokens"], r["logprobs"]) for r in requests}
+    assert (1, 0) in kinds          # the teacher's tokens of teacher-mixed sampling
+    assert (0, 0) in kinds          # log p of every sampled token (rewards, importance weights)
+    assert (0, 20) in kinds         # the top 20 per token for the single-step term
+    with pytest.raises(MinillmError, match="coins"):
+        _distill(served_teacher.url, refs, tmp_path / "eager", "minillm", mix_coins="none").engine.train_step()

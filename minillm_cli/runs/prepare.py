@@ -84,14 +84,11 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
     teacher_cache = None
     served_url = config.teacher if is_served(config.teacher) else None
     if served_url:
-        from ..serving.teacher import check_objective as check_served_objective
-
         if config.student is None or config.data.teacher_logits:
             raise MinillmError(
                 f"teacher {served_url} is served: name the student (--student MODEL; it cannot be cut from a teacher "
                 "this machine does not hold) and drop data.teacher_logits (the server stands in for the teacher)")
-        check_served_objective(objective)
-        needs.discard("teacher")   # the server answers for it: the teacher is never loaded here
+        needs -= {"teacher", "teacher_samples", "mixed_samples"}   # the server answers for it: never loaded here
     elif config.data.teacher_logits:
         from ..training.teacher_cache import TeacherCache, check_objective
 
@@ -190,6 +187,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
         progress=progress, started_at=started_at, teacher_cache=teacher_cache, suite_validation=suite_validation,
+        served_teacher=served_teacher,
     )
     counts = {
         "train": len(train_tok.examples), "valid": len(valid_tok.examples),

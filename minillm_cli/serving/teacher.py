@@ -4,8 +4,10 @@ The served teacher stands where the offline cache stands (``training.teacher_cac
 server to score each prompt + response (``echo``, ``max_tokens`` 0, ``logprobs`` k) and returns the teacher's top
 k log-probabilities per response token, with the rest of its mass as one more bucket, for the same k + 1-bucket
 loss (``losses.cached``; the approximation and its error are described in ``training.teacher_cache``). Unlike the
-cache, it scores any response, so objectives that train on student samples use it too. Every token travels as
-an id (``return_tokens_as_token_ids``): nothing is tokenised twice.
+cache, it scores any response, so objectives that train on student samples use it too; and it samples: SeqKD's
+responses, GKD's ``seq_kd`` batches, and the teacher's tokens of MiniLLM's teacher-mixed rollouts
+(``training.served_rollout``). Every token travels as an id (``return_tokens_as_token_ids``): nothing is tokenised
+twice.
 
 Before the first step the tokenizers are compared: through minillm's ``/v1/minillm/tokenizer`` (a fingerprint of
 the id → token map), or, with a server that lacks it (vLLM), by tokenising a probe text on both sides
@@ -22,7 +24,6 @@ from .client import CompletionsClient, ServedToken
 from .protocol import TOKENIZER_PATH
 
 REQUEST_PROMPTS = 16          # sequences per request: well inside a server's batch limit (minillm serve: 64)
-TEACHER_SAMPLE_NEEDS = ("teacher_samples", "mixed_samples")
 
 
 class ServedTeacher:
@@ -131,6 +132,16 @@ class ServedTeacher:
         return results
 
 
+    def next_tokens(self, prefixes: Sequence[Sequence[int]], sampling, *, seed: Optional[int]) -> list[int]:
+        """One token per prefix drawn by the server from the teacher's distribution (filtered by ``sampling``'s
+        temperature, top_p and top_k): teacher-mixed sampling's c_t = 1 steps (``training.served_rollout``)."""
+        from dataclasses import replace
+
+        eos = self.tokenizer.eos_token_id
+        return [g.token_ids[0] if g.token_ids else eos
+                for g in self.generate(prefixes, replace(sampling, max_new_tokens=1), seed=seed, batch_size=len(prefixes))]
+
+
 def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_width: int, *, trim: bool) -> int:
     """The logit width to distil over, after comparing the served tokenizer with the student's."""
     from ..models.vocab import tokenizer_fingerprint
@@ -173,12 +184,3 @@ def probe_tokenizer(client: CompletionsClient, name: str, tokenizer) -> None:
             f"the served teacher's tokenizer ({name}) tokenises a probe text differently from the student's: "
             "token-level distillation needs the same vocabulary; serve a teacher of the student's family")
 
-
-def check_objective(objective) -> None:
-    """A served teacher scores any response; sampling from it is SeqKD's data step (``prepare_data``), not a
-    per-step service."""
-    sampled = sorted(set(objective.needs) & set(TEACHER_SAMPLE_NEEDS))
-    if sampled:
-        raise MinillmError(
-            f"objective '{objective.name}' needs {', '.join(sampled)} during training, which a served teacher does "
-            "not provide; use seqkd (its teacher responses come from the server before training) or a local teacher")

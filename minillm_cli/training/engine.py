@@ -53,12 +53,11 @@ class Engine:
     def __init__(
         self, *, config, objective: Objective, student, teacher, tokenizer, data: EngineData, vocab_width: int,
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
-        started_at: Optional[float] = None, teacher_cache=None, suite_validation=None,
+        started_at: Optional[float] = None, teacher_cache=None, suite_validation=None, served_teacher=None,
     ):
-        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` (``data.teacher_logits``) or a
-        ``serving.teacher.ServedTeacher`` (``--teacher http://…/v1``) that stands in for an unloaded teacher;
-        ``suite_validation``: ``evaluation.validation.SuiteValidation`` for
-        ``eval.suites``, called at every validation."""
+        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` (``data.teacher_logits``) or the
+        ``served_teacher`` (``--teacher http://…/v1``, which samples too) standing in for an unloaded teacher;
+        ``suite_validation``: ``evaluation.validation.SuiteValidation`` for ``eval.suites``, at every validation."""
         import torch
 
         from . import distributed, sharding
@@ -81,7 +80,7 @@ class Engine:
         self.total_steps = train.steps or max(1, math.ceil(train.epochs * self.stream.batches_per_epoch() / train.grad_accum))
         self.teacher = sharding.place_teacher(teacher, config, self.accelerator)
         self.teacher_partitioned = sharding.is_partitioned(self.teacher)
-        self.teacher_cache = teacher_cache
+        self.teacher_cache, self.served_teacher = teacher_cache, served_teacher
         self.suite_validation = suite_validation
         # The fused AdamW kernel makes one pass over the parameters instead of about ten (on a CPU ~6× faster for
         # SmolLM2's student, ~1 s a step); DeepSpeed manages the optimizer's tensors itself, so not under it.
@@ -140,7 +139,13 @@ class Engine:
         return forward
 
     def _sample(self, model, batch: Batch, source: str) -> Batch:
-        results = generate(model, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
+        if model is self.served_teacher:   # the server samples, with a seed from the process's torch stream
+            import torch
+
+            results = model.generate(batch.prompts, self.sampling, seed=int(torch.randint(0, 2**62, (1,))),
+                                     batch_size=len(batch.prompts))
+        else:
+            results = generate(model, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
         eos = self.tokenizer.eos_token_id
         responses = [r.token_ids + ([eos] if r.finished else []) for r in results]
         return make_batch(batch.prompts, responses, self.tokenizer.pad_token_id, source=source).to(self.device)
@@ -149,6 +154,8 @@ class Engine:
         return self._sample(self.unwrapped(), batch, "student")
 
     def sample_teacher(self, batch: Batch) -> Batch:
+        if self.served_teacher is not None:
+            return self._sample(self.served_teacher, batch, "teacher")
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples the teacher but does not declare it")
         return self._sample(self.teacher, batch, "teacher")
@@ -157,8 +164,9 @@ class Engine:
         """Teacher-mixed rollouts (docs/method.md §1) for the batch's prompts, with per-token log-probs in extras;
         ``coins`` as in ``rollout.sample_rollouts``."""
         from .rollout import sample_rollouts
+        from .served_rollout import sample_served_rollouts
 
-        if self.teacher is None:
+        if self.teacher is None and self.served_teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
         from . import sharding
 
@@ -179,6 +187,8 @@ class Engine:
         # The rollout's own generators are seeded from the process's torch stream (seeded by train.seed, saved in
         # every checkpoint), so a run and its resume sample the same rollouts.
         seed = int(torch.randint(0, 2**62, (1,)).item())
+        if self.served_teacher is not None:   # coins over the completions API (training/served_rollout.py)
+            sample_rollouts, teacher = sample_served_rollouts, self.served_teacher
         rollouts = sample_rollouts(
             student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha, seed=seed,
             batch_size=len(batch.prompts), vocab_width=self.vocab_width, coins=coins,

@@ -234,28 +234,33 @@ def discounted_whitened_advantages(rewards, mask, gamma: float, *, normalise: bo
 
 def token_logprobs_and_rkl(student, teacher, labels, mask, chunk_tokens=None):
     """On the masked rows: log q_θ(label) and KL(q_θ ‖ p) per token ([N] each, float32, graph to the student),
-    from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing."""
+    from hidden states through the heads in chunks of ``chunk_tokens`` under activation checkpointing. A served
+    teacher (a ``CachedTeacher`` of its top k) gives KL on the k + 1 buckets instead (docs/serving.md)."""
     import torch
 
-    from ...losses.divergences import token_divergence
+    from ...losses.cached import CachedTeacher, bucket_divergence
+    from ...losses.divergences import DIVERGENCES, token_divergence
     from ...losses.chunks import checkpointed, chunk_bounds
 
     mask = mask.bool()
     student_rows = student.hidden[mask]
-    teacher_rows = teacher.hidden[mask]
+    bucketed = isinstance(teacher, CachedTeacher)
+    teacher_rows = teacher.rows() if bucketed else (teacher.hidden[mask],)
     targets = labels[mask]
 
-    def chunk(student_chunk, teacher_chunk, chunk_targets):
+    def chunk(student_chunk, chunk_targets, *teacher_chunk):
         student_logits = student.head(student_chunk).float()
-        with torch.no_grad():
-            teacher_logits = teacher.head(teacher_chunk).float()
         logprob = student_logits.log_softmax(-1).gather(-1, chunk_targets[:, None]).squeeze(-1)
+        if bucketed:
+            return logprob, bucket_divergence(DIVERGENCES["rkl"], student_logits, *teacher_chunk)
+        with torch.no_grad():
+            teacher_logits = teacher.head(teacher_chunk[0]).float()
         rkl = token_divergence("rkl", student_logits[None], teacher_logits[None])[0]
         return logprob, rkl
 
     logprobs, rkls = [], []
     for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
-        lp, kl = checkpointed(chunk, student_rows[start:end], teacher_rows[start:end], targets[start:end])
+        lp, kl = checkpointed(chunk, student_rows[start:end], targets[start:end], *(t[start:end] for t in teacher_rows))
         logprobs.append(lp)
         rkls.append(kl)
     if not logprobs:
