@@ -224,3 +224,37 @@ def test_minillm_trains_against_the_server(served_teacher, refs, tmp_path, monke
     assert (0, 20) in kinds         # the top 20 per token for the single-step term
     with pytest.raises(MinillmError, match="coins"):
         _distill(served_teacher.url, refs, tmp_path / "eager", "minillm", mix_coins="none").engine.train_step()
+
+
+def test_a_wider_served_teacher_needs_trim_vocab_and_keys_come_from_the_environment(tiny_models, monkeypatch):
+    """Qwen2.5-style padding: the same tokenizer, 400 logits served against a student's 384; and a keyed server."""
+    from minillm_cli.losses.head import distill_loss
+    from minillm_cli.models.forward import forward_hidden
+    from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
+    from minillm_cli.runs.serve import make_server
+
+    server_ref = resolve_model(str(tiny_models("qwen2", vocab_size=400)))
+    server = make_server(server_ref.source, port=0, device="cpu", api_key="sesame")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    student = resolve_model(str(tiny_models("qwen2")))
+    tokenizer = load_tokenizer(student)
+    try:
+        monkeypatch.delenv("MINILLM_TEACHER_API_KEY", raising=False)
+        with pytest.raises(MinillmError, match="HTTP 401.*set MINILLM_TEACHER_API_KEY"):
+            ServedTeacher.connect(server.url, tokenizer, 384, 20, family=student.family)
+        monkeypatch.setenv("MINILLM_TEACHER_API_KEY", "sesame")
+        with pytest.raises(MinillmError, match="400 logits and the student 384 .* --trim-vocab"):
+            ServedTeacher.connect(server.url, tokenizer, 384, 20, family=student.family)
+        served = ServedTeacher.connect(server.url, tokenizer, 384, 400, family=student.family, trim=True)
+        assert served.width == 384
+        batch = batch_of(tokenizer)
+        cached = served.for_batch(batch)
+        assert cached.topk_ids.shape[1] == 384 and int(cached.topk_ids.max()) < 384
+        # As a local teacher trimmed to the shared 384 entries: the padding rows' mass is left out, renormalised.
+        local_student = load_model(student, trainable=True)
+        forward = forward_hidden(local_student, batch, 384)
+        local = distill_loss("fkl", forward, forward_hidden(load_model(server_ref), batch, 384), batch.loss_mask)
+        assert cached.distill_loss("fkl", forward, batch.loss_mask).item() == pytest.approx(local.item(), rel=1e-5)
+    finally:
+        server.shutdown()
+        server.server_close()

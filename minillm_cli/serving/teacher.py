@@ -29,10 +29,12 @@ REQUEST_PROMPTS = 16          # sequences per request: well inside a server's ba
 class ServedTeacher:
     """The client of one served teacher, checked against the student's tokenizer and logit width."""
 
-    def __init__(self, client: CompletionsClient, name: str, tokenizer, width: int, k: int, family):
+    def __init__(self, client: CompletionsClient, name: str, tokenizer, width: int, k: int, family,
+                 teacher_width: Optional[int] = None):
         from ..models.load import ModelRef
 
         self.client, self.name, self.tokenizer, self.width, self.k = client, name, tokenizer, width, k
+        self.teacher_width = teacher_width or width   # the served model's logits (the student's, when unknown)
         self.url = client.url
         # The tokenizers are the same (checked), so the student's family says how prompts are written (BOS, format).
         self.ref = ModelRef(spec=self.url, family=family, source=self.url, local=False)
@@ -43,8 +45,8 @@ class ServedTeacher:
         """Reach the server, learn its model's name, and check its tokenizer against the student's."""
         client = client or CompletionsClient(url)
         name = client.model_name()
-        width = check_served_vocab(client, name, tokenizer, student_width, trim=trim)
-        return cls(client, name, tokenizer, width, k, family)
+        width, teacher_width = check_served_vocab(client, name, tokenizer, student_width, trim=trim)
+        return cls(client, name, tokenizer, width, k, family, teacher_width)
 
     # --- scores -------------------------------------------------------------------------------------------
 
@@ -80,7 +82,10 @@ class ServedTeacher:
     def buckets(self, rows: Sequence[ServedToken]):
         """[N, k] ids and log-probabilities (most likely first) and [N] log p(rest) from the served top entries.
 
-        Entries at ids the student does not have (a wider teacher under trim_vocab) stay in the rest bucket."""
+        Entries at ids the student does not have (a wider teacher under trim_vocab: padding) are left out, and the
+        loss renormalises the buckets, as a local teacher's logits are trimmed to the shared vocabulary. When the
+        server sent the whole distribution (k ≥ its logits) the rest is the log-sum of what was sent beyond the k
+        kept, exactly (-inf when nothing is left); otherwise it is log(1 − Σ of what was sent and not in the rest)."""
         import torch
 
         k = min(self.k, self.width)
@@ -98,8 +103,12 @@ class ServedTeacher:
             for column in range(k):
                 value, index = entries[column] if column < len(entries) else (-math.inf, next(unused))
                 ids[row, column], values[row, column] = index, value
-            mass = math.fsum(math.exp(v) for v, _ in entries)
-            rests[row] = math.log1p(-mass) if mass < 1.0 and len(entries) < self.width else -math.inf
+            top = position.top or {}
+            if len(top) >= self.teacher_width:
+                rests[row] = _logsumexp([v for i, v in top.items() if i not in taken and i < self.width])
+            else:
+                mass = math.fsum(math.exp(v) for i, v in top.items() if i in taken or i >= self.width)
+                rests[row] = math.log1p(-mass) if mass < 1.0 else -math.inf
         return ids, values, rests
 
     # --- samples ------------------------------------------------------------------------------------------
@@ -142,14 +151,23 @@ class ServedTeacher:
                 for g in self.generate(prefixes, replace(sampling, max_new_tokens=1), seed=seed, batch_size=len(prefixes))]
 
 
-def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_width: int, *, trim: bool) -> int:
-    """The logit width to distil over, after comparing the served tokenizer with the student's."""
+def _logsumexp(values) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    return top if top == -math.inf else top + math.log(math.fsum(math.exp(v - top) for v in values))
+
+
+def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_width: int, *,
+                       trim: bool) -> tuple[int, Optional[int]]:
+    """(the logit width to distil over, the served model's logits or None when the server does not say), after
+    comparing the served tokenizer with the student's."""
     from ..models.vocab import tokenizer_fingerprint
 
     info = client.get(TOKENIZER_PATH.removeprefix("/v1"), missing_ok=True)
     if info is None:
         probe_tokenizer(client, name, tokenizer)
-        return student_width
+        return student_width, None
     if not isinstance(info, dict) or "fingerprint" not in info or "logit_width" not in info:
         raise client.not_the_api(TOKENIZER_PATH, "no fingerprint")
     if info["fingerprint"] != tokenizer_fingerprint(tokenizer):
@@ -159,12 +177,12 @@ def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_
             "same vocabulary, so serve a teacher of the student's family (the same tokenizer)")
     teacher_width = int(info["logit_width"])
     if teacher_width == student_width:
-        return student_width
+        return student_width, teacher_width
     if not trim:
         raise MinillmError(
             f"the served teacher has {teacher_width} logits and the student {student_width} over the same "
             f"{len(tokenizer)} tokens; pass --trim-vocab (recipe: trim_vocab: true) to distil over the shared ones")
-    return min(teacher_width, student_width)
+    return min(teacher_width, student_width), teacher_width
 
 
 def probe_tokenizer(client: CompletionsClient, name: str, tokenizer) -> None:
