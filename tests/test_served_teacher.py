@@ -94,6 +94,11 @@ def test_token_level_objectives_train_against_the_server_without_loading_the_tea
         assert record["loss"] > 0 and torch.isfinite(torch.tensor(record["loss"])), objective
 
 
+def test_a_served_teacher_needs_a_named_student(served_teacher, refs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "distill", "--teacher", served_teacher.url, "--output-dir", str(tmp_path / "run"))
+    assert code == 2 and err.startswith(f"error: teacher {served_teacher.url} is served: name the student")
+
+
 def test_distill_kd_and_seqkd_from_the_command_line(served_teacher, refs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
     data = tmp_path / "data.jsonl"
