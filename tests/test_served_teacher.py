@@ -263,3 +263,32 @@ def test_a_wider_served_teacher_needs_trim_vocab_and_keys_come_from_the_environm
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_generate_samples_and_saves_logits_from_a_served_model(served_teacher, refs, tmp_path, capsys):
+    """`minillm generate --model http://…/v1 --tokenizer MODEL`: responses from the server, and a --save-logits file
+    that equals the one the local teacher writes (to float16) and trains like it."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    code, _, err = run_cli(capsys, "generate", "--model", served_teacher.url, "--prompts", str(data))
+    assert code == 2 and "pass --tokenizer MODEL" in err
+    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
+    assert run_cli(capsys, "generate", "--model", str(refs[1].source), "--prompts", str(data), "--out", str(local),
+                   "--save-logits", "8")[0] == 0
+    code, _, err = run_cli(capsys, "generate", "--model", served_teacher.url, "--tokenizer", str(refs[0].source),
+                           "--prompts", str(data), "--out", str(served), "--save-logits", "8")
+    assert code == 0, err
+    a, b = (load_file(str(tmp_path / f"{n}.logits.safetensors")) for n in ("local", "served"))
+    assert set(a) == set(b)
+    for name in ("topk_ids", "prompt_ids", "prompt_offsets", "response_ids", "response_offsets"):
+        assert torch.equal(a[name], b[name]), name
+    for name in ("topk_logprobs", "rest_logprob"):
+        torch.testing.assert_close(a[name].float(), b[name].float(), atol=2e-2, rtol=1e-3)
+    sampled = tmp_path / "sampled.jsonl"
+    code, _, err = run_cli(capsys, "generate", "--model", served_teacher.url, "--tokenizer", str(refs[0].source),
+                           "--prompts", str(data), "--out", str(sampled), "--max-new-tokens", "4", "--seeds", "1,2")
+    assert code == 0, err
+    lines = [json.loads(line) for line in sampled.read_text().splitlines()]
+    assert len(lines) == 2 * len(RECORDS) and all(r["model"] == served_teacher.url and r["num_tokens"] <= 4 for r in lines)

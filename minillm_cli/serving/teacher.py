@@ -40,7 +40,7 @@ class ServedTeacher:
         self.ref = ModelRef(spec=self.url, family=family, source=self.url, local=False)
 
     @classmethod
-    def connect(cls, url: str, tokenizer, student_width: int, k: int, *, family, trim: bool = False,
+    def connect(cls, url: str, tokenizer, student_width: Optional[int], k: int, *, family, trim: bool = False,
                 client: Optional[CompletionsClient] = None) -> "ServedTeacher":
         """Reach the server, learn its model's name, and check its tokenizer against the student's."""
         client = client or CompletionsClient(url)
@@ -111,6 +111,20 @@ class ServedTeacher:
                 rests[row] = math.log1p(-mass) if mass < 1.0 else -math.inf
         return ids, values, rests
 
+    def file_tensors(self, examples: Sequence, *, batch_size: int = 8) -> dict:
+        """The tensors of a ``--save-logits`` file (``training.teacher_cache``) for tokenized ``examples``, scored by
+        the server: ``minillm generate --model http://…/v1 --save-logits K``."""
+        from ..training.teacher_cache import file_tensors
+
+        ids, values, rests = [], [], []
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            scored = self.score([e.prompt_ids for e in chunk], [e.response_ids for e in chunk], self.k)
+            rows = self.buckets([position for example in scored for position in example])
+            for collected, tensor in zip((ids, values, rests), rows):
+                collected.append(tensor)
+        return file_tensors(examples, min(self.k, self.width), ids, values, rests)
+
     # --- samples ------------------------------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling, *, seed: Optional[int], batch_size: int = 8):
@@ -158,7 +172,7 @@ def _logsumexp(values) -> float:
     return top if top == -math.inf else top + math.log(math.fsum(math.exp(v - top) for v in values))
 
 
-def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_width: int, *,
+def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_width: Optional[int], *,
                        trim: bool) -> tuple[int, Optional[int]]:
     """(the logit width to distil over, the served model's logits or None when the server does not say), after
     comparing the served tokenizer with the student's."""
@@ -167,7 +181,7 @@ def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_
     info = client.get(TOKENIZER_PATH.removeprefix("/v1"), missing_ok=True)
     if info is None:
         probe_tokenizer(client, name, tokenizer)
-        return student_width, None
+        return (student_width or len(tokenizer)), None
     if not isinstance(info, dict) or "fingerprint" not in info or "logit_width" not in info:
         raise client.not_the_api(TOKENIZER_PATH, "no fingerprint")
     if info["fingerprint"] != tokenizer_fingerprint(tokenizer):
@@ -176,8 +190,8 @@ def check_served_vocab(client: CompletionsClient, name: str, tokenizer, student_
             f"({len(tokenizer)} tokens): token-level distillation compares the two models' distributions over the "
             "same vocabulary, so serve a teacher of the student's family (the same tokenizer)")
     teacher_width = int(info["logit_width"])
-    if teacher_width == student_width:
-        return student_width, teacher_width
+    if student_width is None or teacher_width == student_width:   # None: no student (minillm generate)
+        return teacher_width, teacher_width
     if not trim:
         raise MinillmError(
             f"the served teacher has {teacher_width} logits and the student {student_width} over the same "
