@@ -116,6 +116,7 @@ class DataContext:
     device: Any
     batch_size: int
     seed: int
+    served_teacher: Any = None  # serving.teacher.ServedTeacher when the teacher is behind a server (docs/serving.md)
 
 
 def options_help(options_cls) -> list[tuple[str, str, Any, str]]:

@@ -121,3 +121,20 @@ def student(refs):
 
     torch.manual_seed(0)
     return load_model(refs[0], trainable=True)
+
+
+@pytest.fixture(scope="session")
+def served_teacher(tiny_models):
+    """`minillm serve`'s server on the tiny llama teacher of ``refs`` (3 layers, seed 2), on a free port of
+    127.0.0.1, answering from a thread for the whole session; ``.url`` is its API root."""
+    import threading
+
+    from minillm_cli.runs.serve import make_server
+
+    server = make_server(str(tiny_models("llama", layers=3, seed=2)), port=0, device="cpu")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)

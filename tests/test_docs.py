@@ -61,6 +61,12 @@ NOT_RUN = {
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
     "minillm compare --plan smollm2_dolly --data-dir ../shared/data":
         "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
+    # docs/serving.md: servers run until stopped; the page's distill commands run against `minillm serve` on a
+    # tiny teacher (setup_page), and tests/test_serving.py starts the serve command itself.
+    "TEACHER_KEY=change-me minillm serve HuggingFaceTB/SmolLM2-1.7B-Instruct --host 0.0.0.0 --port 8000 --dtype bf16 "
+    "--api-key-env TEACHER_KEY": "serves until stopped",
+    "vllm serve HuggingFaceTB/SmolLM2-1.7B-Instruct --port 8000 --max-logprobs 64 --api-key change-me":
+        "needs vLLM and a GPU",
 }
 
 
@@ -224,6 +230,13 @@ def setup_page(name: str, root: Path, models: dict, monkeypatch) -> None:
         monkeypatch.setitem(models, "http://localhost:8000/v1", judge.url)
         monkeypatch.setenv("MINILLM_JUDGE_API_KEY", "test-key")
         return judge
+    if name == "serving.md":   # the GPU box's server: `minillm serve` on the tiny teacher, on a free local port
+        from minillm_cli.runs.serve import make_server
+
+        server = make_server(models["smollm2-135m-instruct"], port=0, device="cpu")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setitem(models, "http://gpu-box:8000/v1", server.url)
+        return types.SimpleNamespace(close=lambda: (server.shutdown(), server.server_close()))
     if name == "troubleshooting.md":
         good = json.dumps(TINY_RECORDS[0])
         (root / "my_data.jsonl").write_text(good + "\n" + '{"instruction": "Add.", "input": "", "output": 4}\n')

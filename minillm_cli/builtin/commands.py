@@ -7,7 +7,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli):
-    from ..cli import compare, convert, distill, generate, plugins_cmd, recipes_cmd
+    from ..cli import compare, convert, distill, generate, plugins_cmd, recipes_cmd, serve
 
     cli.command(name="distill")(distill.distill)
     cli.command(name="generate")(generate.generate)
@@ -15,6 +15,7 @@ def register_commands(cli):
     cli.add_typer(recipes_cmd.app, name="recipes")
     cli.command(name="plugins")(plugins_cmd.plugins)
     cli.command(name="compare")(compare.compare)
+    cli.command(name="serve")(serve.serve)
 
     from ..cli.eval import eval_command
 

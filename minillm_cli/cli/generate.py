@@ -9,7 +9,7 @@ import typer
 
 
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="Model: alias, hub id, local directory or .gguf file."),
+    model: str = typer.Option(..., "--model", "-m", help="Model: alias, hub id, local directory or .gguf file; or a server's API root, http(s)://HOST:PORT/v1 (with --tokenizer)."),
     prompts: str = typer.Option(
         "default", "--prompts", "-p", help="Instruction data: 'default' (embedded), a JSONL/JSON/CSV/Parquet file, or a dataset name."
     ),
@@ -33,6 +33,10 @@ def generate(
         0, "--save-logits", metavar="K",
         help="Also save the model's top-K log-probabilities of every response token (teacher-forced) to "
              "OUT.logits.safetensors, for a run's data.teacher_logits; 0 = off.",
+    ),
+    tokenizer: Optional[str] = typer.Option(
+        None, help="With --model http://HOST:PORT/v1 (a served model, docs/serving.md): a local model with its "
+                   "vocabulary, to write the prompts (checked against the server's tokenizer).",
     ),
     logits_over: str = typer.Option(
         "auto", help="Responses --save-logits scores: given (the input's outputs, no sampling), generated, or auto "
@@ -64,4 +68,5 @@ def generate(
         device=device,
         save_logits=save_logits,
         logits_over=logits_over,
+        tokenizer_model=tokenizer,
     )

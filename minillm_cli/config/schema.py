@@ -118,7 +118,8 @@ class WarmStartConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str = option("smollm2-135m-instruct", "Teacher: alias, hub id, model directory or .gguf file.", rule=NOT_EMPTY)
+    teacher: str = option("smollm2-135m-instruct", "Teacher: alias, hub id, model directory or .gguf file; or a server's API root, http(s)://HOST:PORT/v1 (`minillm serve` or vLLM, docs/serving.md).", rule=NOT_EMPTY)
+    teacher_topk: int = option(20, "A served teacher's top-k log-probabilities per token (k + 1 buckets, as data.teacher_logits); vLLM allows at most its --max-logprobs (default 20).", rule=greater_than(0))
     student: Optional[str] = option(None, "Student; null cuts one from the teacher (student_layers).")
     student_layers: int = option(6, "Layers kept, evenly spread, when the student is cut from the teacher.", rule=greater_than(0))
     teacher_family: Optional[str] = option(None, "Teacher's model family when it cannot be detected.")

@@ -38,12 +38,9 @@ class CachedTeacher:
             raise unknown_name("divergence", divergence, DIVERGENCES) from None
 
         def chunk_loss(chunk, ids, teacher_top, teacher_rest):
-            student_buckets = bucket_logprobs(student.head(chunk), ids)
-            teacher_buckets = torch.cat([teacher_top, teacher_rest.unsqueeze(-1)], dim=-1).to(student_buckets.dtype)
-            teacher_buckets = teacher_buckets - torch.logsumexp(teacher_buckets, dim=-1, keepdim=True)
-            return kernel(student_buckets, teacher_buckets, **options).sum()
+            return bucket_divergence(kernel, student.head(chunk), ids, teacher_top, teacher_rest, **options).sum()
 
-        extras = (self.topk_ids, self.topk_logprobs, self.rest_logprob)
+        extras = self.rows()
         params = fused_parameters(rows, student.head)
         if params is not None:
             total = fused_chunk_sum(chunk_loss, rows, extras, params, chunk_tokens)
@@ -52,6 +49,21 @@ class CachedTeacher:
             for start, end in chunk_bounds(rows.shape[0], chunk_tokens):
                 total = total + checkpointed(chunk_loss, rows[start:end], *(e[start:end] for e in extras))
         return total / per_token_denominator(num_tokens, rows.shape[0])
+
+    def rows(self) -> tuple:
+        """(topk_ids, topk_logprobs, rest_logprob): the teacher's rows, sliced together chunk by chunk."""
+        return (self.topk_ids, self.topk_logprobs, self.rest_logprob)
+
+
+def bucket_divergence(kernel, student_logits, ids, teacher_top, teacher_rest, **options):
+    """Per token, ``kernel`` (a ``divergences.DIVERGENCES`` entry) between the student's k + 1 buckets at ``ids`` and
+    the teacher's (its top log-probabilities and rest, renormalised to sum to one)."""
+    import torch
+
+    student_buckets = bucket_logprobs(student_logits, ids)
+    teacher_buckets = torch.cat([teacher_top, teacher_rest.unsqueeze(-1)], dim=-1).to(student_buckets.dtype)
+    teacher_buckets = teacher_buckets - torch.logsumexp(teacher_buckets, dim=-1, keepdim=True)
+    return kernel(student_buckets, teacher_buckets, **options)
 
 
 def bucket_logprobs(logits, ids):

@@ -79,47 +79,44 @@ def policy_loss(student: Forward, teacher: Optional[Forward], labels, mask, toke
 
     mask = mask.bool()
     student_rows = student.hidden[mask]
-    teacher_rows = teacher.hidden[mask] if tokens.single_weights is not None else None
+    single = tokens.single_weights is not None
+    # A teacher of top-k log-probabilities (a served or cached one, ``losses.cached``) gives the single-step KL
+    # on its k + 1 buckets (docs/serving.md), through autograd; a Forward gives it exactly, in closed form.
+    exact = isinstance(teacher, Forward)
+    teacher_rows = ((teacher.hidden[mask],) if exact else tuple(teacher.rows())) if single else ()
     targets = labels[mask]
     index = torch.arange(student_rows.shape[0], device=student_rows.device)
     sums = torch.zeros(4, dtype=torch.float64)              # pg, single, ratio, clipped (detached)
     if student_rows.shape[0] == 0:
         return PolicySums(student_rows.new_zeros((), dtype=torch.float32), 0.0, 0.0, 0.0, 0.0)
 
-    def surrogate(student_chunk, teacher_chunk, chunk_index):
+    def surrogate(student_chunk, chunk_index, *teacher_chunk):
         """The chunk's Σ (pg + single) through autograd, its detached sums added to ``sums``."""
         sl = slice(int(chunk_index[0]), int(chunk_index[-1]) + 1)
         logits = student.head(student_chunk)
         log_q = logits.to(_compute_dtype(logits)).log_softmax(-1)
         pg, ratio, clipped = clipped_surrogate(log_q.gather(-1, targets[sl, None]).squeeze(-1), tokens, sl)
         total = pg.sum()
-        single = total.new_zeros(())
-        if teacher_chunk is not None:
-            from .divergences import token_divergence
-
-            with torch.no_grad():
-                teacher_logits = teacher.head(teacher_chunk).to(log_q.dtype)
-            # the divergences' kernel: 0 · log 0 = 0 on entries either model rules out (−inf logits)
-            kl = token_divergence("rkl", logits.to(log_q.dtype)[None], teacher_logits[None])[0]
-            single = (kl * tokens.single_weights[sl]).sum()
-            total = total + single
-        _add(sums, pg.sum(), single, ratio.sum(), (clipped != ratio).sum())
+        single_sum = total.new_zeros(())
+        if single:
+            kl = _single_step_kl(teacher, exact, logits.to(log_q.dtype), teacher_chunk)
+            single_sum = (kl * tokens.single_weights[sl]).sum()
+            total = total + single_sum
+        _add(sums, pg.sum(), single_sum, ratio.sum(), (clipped != ratio).sum())
         return total
 
-    extras = (index,) if teacher_rows is None else (teacher_rows, index)
-
-    def unpack(chunk, *rest):
-        return (rest[0], rest[1]) if teacher_rows is not None else (None, rest[0])
-
+    extras = (index, *teacher_rows)
     params = fused_parameters(student_rows, student.head)
     if params is not None:
         from .fused import fused_chunk_sum
 
-        def fused_chunk(student_chunk, *rest):
-            teacher_chunk, chunk_index = unpack(student_chunk, *rest)
-            closed = _closed_form_chunk(student, teacher, student_chunk, teacher_chunk, chunk_index, targets, tokens)
-            if closed is None:                 # a non-finite value: autograd on the plain formulas
-                return surrogate(student_chunk, teacher_chunk, chunk_index)
+        def fused_chunk(student_chunk, chunk_index, *teacher_chunk):
+            closed = None
+            if exact or not single:
+                closed = _closed_form_chunk(student, teacher, student_chunk, teacher_chunk[0] if single else None,
+                                            chunk_index, targets, tokens)
+            if closed is None:    # a bucketed teacher or a non-finite value: autograd on the plain formulas
+                return surrogate(student_chunk, chunk_index, *teacher_chunk)
             value, logits, grad, chunk_sums = closed
             _add(sums, *chunk_sums)
             return value, logits, grad
@@ -128,11 +125,25 @@ def policy_loss(student: Forward, teacher: Optional[Forward], labels, mask, toke
     else:
         total = student_rows.new_zeros((), dtype=torch.float32)
         for start, end in chunk_bounds(student_rows.shape[0], chunk_tokens):
-            pieces = [e[start:end] for e in extras]
-            total = total + checkpointed(lambda s, *rest: surrogate(s, *unpack(s, *rest)), student_rows[start:end],
-                                         *pieces)
+            total = total + checkpointed(surrogate, student_rows[start:end], *(e[start:end] for e in extras))
     pg, single, ratio, clipped = sums.tolist()
     return PolicySums(total, pg, single, ratio, clipped)
+
+
+def _single_step_kl(teacher, exact: bool, logits, teacher_chunk):
+    """KL(q_θ ‖ p) per row: over the vocabulary with the divergences' kernel (0 · log 0 = 0 on entries either model
+    rules out), or on the k + 1 buckets of a top-k teacher."""
+    import torch
+
+    from .divergences import DIVERGENCES, token_divergence
+
+    if not exact:
+        from .cached import bucket_divergence
+
+        return bucket_divergence(DIVERGENCES["rkl"], logits, *teacher_chunk)
+    with torch.no_grad():
+        teacher_logits = teacher.head(teacher_chunk[0]).to(logits.dtype)
+    return token_divergence("rkl", logits[None], teacher_logits[None])[0]
 
 
 def _compute_dtype(logits):

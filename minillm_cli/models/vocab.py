@@ -75,3 +75,14 @@ def check_vocab(teacher_tokenizer, student_tokenizer, teacher_width: int, studen
             f"trim_vocab: true) to distil over the {shared} shared tokens"
         )
     return VocabCheck(shared, True, teacher_width, student_width, shared)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the id → token map and the end-of-sequence id: equal fingerprints tokenise text to equal ids
+    (what a served teacher and a local student compare before a run, ``serving.teacher``)."""
+    import hashlib
+    import json
+
+    vocab = sorted((index, token) for token, index in tokenizer.get_vocab().items())
+    material = json.dumps({"vocab": vocab, "eos": tokenizer.eos_token_id}, ensure_ascii=False)
+    return hashlib.sha256(material.encode()).hexdigest()

@@ -82,12 +82,10 @@ def _warm_start(config, *, console, progress: bool, overwrite: bool):
         warm.output_dir = str(warm_dir)
         warm.warm_start = WarmStartConfig()
         options = get_objective(warm.objective["name"]).Options()
-        console.print(f"[bold]warm start[/]: {config.warm_start.steps} steps of {warm.objective['name']} "
-                      f"(lr {config.warm_start.lr:g}) → {warm_dir}")
         from ..config.recipes import dump_config
 
         result = _train(warm, options, console=console, progress=progress, config_yaml=dump_config(warm, options),
-                        checkpoint=None, overwrite=True)
+                        checkpoint=None, overwrite=True, label="warm start")
     else:
         console.print(f"warm start: reusing {warm_dir} (pass --overwrite to redo it)")
     export = warm_dir / "best" if (warm_dir / "best").is_dir() else warm_dir / "final"
@@ -97,7 +95,8 @@ def _warm_start(config, *, console, progress: bool, overwrite: bool):
     return main, result
 
 
-def _train(config, objective_options, *, console, progress: bool, config_yaml: str, checkpoint, overwrite: bool):
+def _train(config, objective_options, *, console, progress: bool, config_yaml: str, checkpoint, overwrite: bool,
+           label: str = "minillm distill"):
     """Prepare and run one training run (the engine), with its run_info, resume and interruption handling."""
     from rich.markup import escape
 
@@ -122,7 +121,7 @@ def _train(config, objective_options, *, console, progress: bool, config_yaml: s
         )
         write_run_info(Path(config.output_dir), info)
     console.print(
-        f"[bold]minillm distill[/] {config.objective['name']}: {prepared.teacher_ref.spec} → "
+        f"[bold]{label}[/] {config.objective['name']}: {prepared.teacher_ref.spec} → "
         f"{prepared.student_ref.display}; {counts['train']} train / {counts['valid']} valid examples"
         + (f" ({counts['dropped_long_prompts']} over-long prompts dropped)" if counts["dropped_long_prompts"] else "")
         + f"; {counts['steps']} steps → {config.output_dir}"

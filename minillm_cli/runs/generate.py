@@ -12,6 +12,7 @@ from ..atomic import atomic_open
 from ..errors import MinillmError
 from ..models.device import pick_device
 from ..models.generation import GenerationStats, SamplingConfig, generate, generate_with_progress
+from ..serving.client import is_served
 
 
 def run_generate(
@@ -33,12 +34,16 @@ def run_generate(
     quiet: bool = False,
     save_logits: int = 0,
     logits_over: str = "auto",
+    tokenizer_model: Optional[str] = None,
 ) -> GenerationStats:
     """Generate for every (prompt, seed) and write one JSON line each; returns timing statistics.
 
     With ``save_logits`` k > 0 the model's top-k log-probabilities of every response token (teacher-forced) go to
     ``teacher_cache.logits_path(out)``: over the input's own responses (``logits_over`` "given", no sampling),
     over the generated ones ("generated"), or "auto": given when every input record has a non-empty output.
+
+    A ``model`` named ``http(s)://HOST:PORT/v1`` is a served model (docs/serving.md): it samples and scores on the
+    server; ``tokenizer_model``, a local model with its vocabulary (checked against the server's), writes the prompts.
     """
     from rich.console import Console
 
@@ -52,7 +57,11 @@ def run_generate(
     if not examples:
         raise MinillmError(f"no examples in '{prompts}'; nothing to generate")
     mode = _logits_mode(save_logits, logits_over, out, examples, prompts)
-    ref = resolve_model(model, family=family)
+    served_url = model if is_served(model) else None
+    if served_url and tokenizer_model is None:
+        raise MinillmError(f"--model {model} is served: pass --tokenizer MODEL, a local model with its vocabulary, "
+                           "to write the prompts")
+    ref = resolve_model(tokenizer_model if served_url else model, family=family)
     chosen_format = prompt_format or ref.family.prompt_format
     tokenizer = load_tokenizer(ref)
     prompt_ids, kept, dropped = tokenize_prompts(
@@ -61,7 +70,12 @@ def run_generate(
     )
     if dropped:
         console.print(f"[yellow]skipped {dropped} prompt(s) longer than {max_prompt_tokens} tokens[/]")
-    lm = load_model(ref, dtype=dtype, device=pick_device(device))
+    if served_url:
+        from ..serving.teacher import ServedTeacher
+
+        lm = ServedTeacher.connect(served_url, tokenizer, None, save_logits or 1, family=ref.family)
+    else:
+        lm = load_model(ref, dtype=dtype, device=pick_device(device))
     stats = GenerationStats()
     records = []
     if mode == "given":   # teacher-forcing over the input's own responses: nothing to sample
@@ -73,7 +87,10 @@ def run_generate(
         return stats
     generated = []
     for seed in seeds:
-        generations = generate_with_progress(console, lm, tokenizer, prompt_ids, sampling, seed, batch_size, stats)
+        if served_url:
+            generations = _served_generations(lm, prompt_ids, sampling, seed, batch_size, stats)
+        else:
+            generations = generate_with_progress(console, lm, tokenizer, prompt_ids, sampling, seed, batch_size, stats)
         for index, generation in zip(kept, generations):
             example = examples[index]
             records.append({
@@ -98,6 +115,16 @@ def run_generate(
         _save_logits(console, lm, tokenizer, ref, responses, chosen_format, max_prompt_tokens, save_logits,
                      batch_size, out, model)
     return stats
+
+
+def _served_generations(served, prompt_ids, sampling, seed, batch_size, stats):
+    """A served model's responses for one seed, counted in ``stats`` as ``generate`` counts them."""
+    started = time.perf_counter()
+    generations = served.generate(prompt_ids, sampling, seed=seed, batch_size=batch_size)
+    stats.seconds += time.perf_counter() - started
+    stats.sequences += len(generations)
+    stats.tokens += sum(len(g.token_ids) + g.finished for g in generations)
+    return generations
 
 
 LOGITS_OVER = ("auto", "given", "generated")
@@ -132,8 +159,14 @@ def _save_logits(console, lm, tokenizer, ref, examples, prompt_format, max_promp
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started = time.perf_counter()
-    tensors = compute_topk(lm, tokenized.examples, k, pad_id=pad, batch_size=batch_size)
-    path = save(logits_path(out), tensors, {"k": k, "model": model, "logit_width": lm.get_output_embeddings().weight.shape[0],
+    from ..serving.teacher import ServedTeacher
+
+    if isinstance(lm, ServedTeacher):   # a served model scores on its server
+        tensors, width = lm.file_tensors(tokenized.examples, batch_size=batch_size), lm.teacher_width
+    else:
+        tensors = compute_topk(lm, tokenized.examples, k, pad_id=pad, batch_size=batch_size)
+        width = lm.get_output_embeddings().weight.shape[0]
+    path = save(logits_path(out), tensors, {"k": k, "model": model, "logit_width": width,
                                            "prompt_format": prompt_format, "examples": len(tokenized.examples)})
     rows = int(tensors["topk_ids"].shape[0])
     console.print(f"saved top-{k} log-probabilities of {rows} response tokens ({len(tokenized.examples)} responses) "

@@ -75,19 +75,27 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
     from ..objective import DataContext
     from ..paths import minillm_home
     from ..plugins import get_objective
+    from ..serving.client import is_served
     from ..models.vocab import check_vocab
 
     started_at = time.monotonic()   # train.max_minutes counts model loading and data preparation too
     objective = get_objective(config.objective["name"])(objective_options)
     needs = set(objective.needs)
     teacher_cache = None
-    if config.data.teacher_logits:
+    served_url = config.teacher if is_served(config.teacher) else None
+    if served_url:
+        if config.student is None or config.data.teacher_logits:
+            raise MinillmError(
+                f"teacher {served_url} is served: name the student (--student MODEL; it cannot be cut from a teacher "
+                "this machine does not hold) and drop data.teacher_logits (the server stands in for the teacher)")
+        needs -= {"teacher", "teacher_samples", "mixed_samples"}   # the server answers for it: never loaded here
+    elif config.data.teacher_logits:
         from ..training.teacher_cache import TeacherCache, check_objective
 
         check_objective(objective)
         teacher_cache = TeacherCache.load(config.data.teacher_logits)
         needs.discard("teacher")   # the cached log-probabilities stand in for it: the teacher is never loaded
-    teacher_ref = ensure_hf_directory(resolve_model(config.teacher, config.teacher_family), console)
+    teacher_ref = None if served_url else ensure_hf_directory(resolve_model(config.teacher, config.teacher_family), console)
     if config.student is None:
         student_ref = student_from_teacher(teacher_ref, config.student_layers, console)
     else:
@@ -119,6 +127,14 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             console.print(f"distilling over the {width} shared vocabulary entries (trim_vocab)")
     else:
         width = logit_width(student)
+    served_teacher = None
+    if served_url:   # the tokenizer check, against the server's (docs/serving.md)
+        from ..serving.teacher import ServedTeacher
+
+        served_teacher = ServedTeacher.connect(served_url, tokenizer, width, config.teacher_topk,
+                                               family=student_ref.family, trim=config.trim_vocab)
+        width, teacher_ref = served_teacher.width, served_teacher.ref
+        teacher_cache = served_teacher     # scored like cached logits: the same k + 1 buckets, from the server
 
     data_cfg = config.data
     examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit)
@@ -136,7 +152,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         generation=SamplingConfig(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                                   max_new_tokens=g.max_new_tokens, no_repeat_ngram_size=g.no_repeat_ngram_size),
         dtype=config.train.teacher_dtype, device=pick_device(config.device), batch_size=g.batch_size,
-        seed=config.train.seed,
+        seed=config.train.seed, served_teacher=served_teacher,
     )
     train_examples = objective.prepare_data(train_examples, data_context)
     tokenize = dict(
@@ -150,7 +166,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
-    if teacher_cache is not None:
+    if teacher_cache is not None and served_teacher is None:   # a file holds only the examples it was made from
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
     if "lm_chunks" in needs:
@@ -171,6 +187,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         config=config, objective=objective, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
         vocab_width=width, output_dir=Path(config.output_dir), config_yaml=config_yaml, console=console,
         progress=progress, started_at=started_at, teacher_cache=teacher_cache, suite_validation=suite_validation,
+        served_teacher=served_teacher,
     )
     counts = {
         "train": len(train_tok.examples), "valid": len(valid_tok.examples),

@@ -26,6 +26,7 @@ from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
 from .run_log import RunLog, progress_display
 from .streams import ExampleStream, StopFlag
+from .sampling_services import SamplingServices
 
 
 @dataclass
@@ -49,15 +50,15 @@ class RunResult:
     out_of_time: bool = False          # stopped by train.max_minutes before the last step
 
 
-class Engine:
+class Engine(SamplingServices):
     def __init__(
         self, *, config, objective: Objective, student, teacher, tokenizer, data: EngineData, vocab_width: int,
         output_dir: Path, config_yaml: str, accelerator=None, console=None, progress: bool = True,
-        started_at: Optional[float] = None, teacher_cache=None, suite_validation=None,
+        started_at: Optional[float] = None, teacher_cache=None, suite_validation=None, served_teacher=None,
     ):
-        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` that stands in for an unloaded teacher
-        (``data.teacher_logits``); ``suite_validation``: ``evaluation.validation.SuiteValidation`` for
-        ``eval.suites``, called at every validation."""
+        """``teacher_cache``: a ``training.teacher_cache.TeacherCache`` (``data.teacher_logits``) or the
+        ``served_teacher`` (``--teacher http://…/v1``, which samples too) standing in for an unloaded teacher;
+        ``suite_validation``: ``evaluation.validation.SuiteValidation`` for ``eval.suites``, at every validation."""
         import torch
 
         from . import distributed, sharding
@@ -80,7 +81,7 @@ class Engine:
         self.total_steps = train.steps or max(1, math.ceil(train.epochs * self.stream.batches_per_epoch() / train.grad_accum))
         self.teacher = sharding.place_teacher(teacher, config, self.accelerator)
         self.teacher_partitioned = sharding.is_partitioned(self.teacher)
-        self.teacher_cache = teacher_cache
+        self.teacher_cache, self.served_teacher = teacher_cache, served_teacher
         self.suite_validation = suite_validation
         # The fused AdamW kernel makes one pass over the parameters instead of about ten (on a CPU ~6× faster for
         # SmolLM2's student, ~1 s a step); DeepSpeed manages the optimizer's tensors itself, so not under it.
@@ -124,7 +125,7 @@ class Engine:
     def teacher_forward(self, batch: Batch):
         import torch
 
-        if self.teacher is None and self.teacher_cache is not None:  # data.teacher_logits: no teacher loaded
+        if self.teacher is None and self.teacher_cache is not None:  # cached or served top-k: no teacher loaded
             return self.teacher_cache.for_batch(batch)
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' uses the teacher but does not declare it in needs")
@@ -139,53 +140,6 @@ class Engine:
 
             forward.head = gathered_head(self.teacher, self.vocab_width)
         return forward
-
-    def _sample(self, model, batch: Batch, source: str) -> Batch:
-        results = generate(model, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
-        eos = self.tokenizer.eos_token_id
-        responses = [r.token_ids + ([eos] if r.finished else []) for r in results]
-        return make_batch(batch.prompts, responses, self.tokenizer.pad_token_id, source=source).to(self.device)
-
-    def sample_student(self, batch: Batch) -> Batch:
-        return self._sample(self.unwrapped(), batch, "student")
-
-    def sample_teacher(self, batch: Batch) -> Batch:
-        if self.teacher is None:
-            raise RuntimeError(f"objective '{self.objective.name}' samples the teacher but does not declare it")
-        return self._sample(self.teacher, batch, "teacher")
-
-    def sample_mixed(self, batch: Batch, alpha: float, coins: str = "step") -> Batch:
-        """Teacher-mixed rollouts (docs/method.md §1) for the batch's prompts, with per-token log-probs in extras;
-        ``coins`` as in ``rollout.sample_rollouts``."""
-        from .rollout import sample_rollouts
-
-        if self.teacher is None:
-            raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
-        from . import sharding
-
-        # Under ZeRO-3 every forward pass is a collective: partitioned models decode in lock step across processes.
-        student, teacher = self.unwrapped(), self.teacher
-        views = []
-        if self.zero_stage == 3:
-            student = sharding.lockstep(student, self.accelerator)
-            views.append(student)
-        if self.teacher_partitioned:
-            teacher = sharding.lockstep(teacher, self.accelerator)
-            views.append(teacher)
-            # Lock-step decoding pairs the models' passes step by step across processes; a lazy teacher's passes
-            # follow each process's own coins and finished rows, so a partitioned teacher runs at every step.
-            coins = "none"
-        import torch
-
-        # The rollout's own generators are seeded from the process's torch stream (seeded by train.seed, saved in
-        # every checkpoint), so a run and its resume sample the same rollouts.
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        rollouts = sample_rollouts(
-            student, teacher, self.tokenizer, batch.prompts, self.sampling, alpha=alpha, seed=seed,
-            batch_size=len(batch.prompts), vocab_width=self.vocab_width, coins=coins,
-        )
-        sharding.drain(views, self.device)
-        return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)
 
     def lm_batch(self) -> Batch:
         """The next ``batch_size`` packed plain-text chunks, as a batch whose every token counts."""

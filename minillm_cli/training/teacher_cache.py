@@ -109,6 +109,13 @@ def compute_topk(
                 on_batch(len(chunk))
     finally:
         model.train(was_training)
+    return file_tensors(examples, k, ids, values, rests)
+
+
+def file_tensors(examples: Sequence, k: int, ids: list, values: list, rests: list) -> dict:
+    """The file's tensors from the rows computed batch by batch (lists of [n, k] ids and log-probs, [n] rests, in
+    example order) and the examples' token ids."""
+    import torch
 
     def flat(lists):
         return torch.tensor([t for ids_ in lists for t in ids_], dtype=torch.int32)
@@ -120,9 +127,9 @@ def compute_topk(
     responses = [list(e.response_ids) for e in examples]
     empty_ids, empty_values = torch.zeros((0, k), dtype=torch.int32), torch.zeros((0, k), dtype=torch.float16)
     return {
-        "topk_ids": torch.cat(ids) if ids else empty_ids,
-        "topk_logprobs": torch.cat(values) if values else empty_values,
-        "rest_logprob": torch.cat(rests) if rests else torch.zeros((0,), dtype=torch.float16),
+        "topk_ids": torch.cat(ids).to(torch.int32) if ids else empty_ids,
+        "topk_logprobs": torch.cat(values).to(torch.float16) if values else empty_values,
+        "rest_logprob": torch.cat(rests).to(torch.float16) if rests else torch.zeros((0,), dtype=torch.float16),
         "prompt_ids": flat(prompts),
         "prompt_offsets": offsets(prompts),
         "response_ids": flat(responses),

@@ -59,7 +59,8 @@ class SeqKD(Objective):
             return train_examples
         if self.options.max_prompts is not None:
             train_examples = train_examples[: self.options.max_prompts]
-        ref = resolve_model(ctx.teacher, family=ctx.teacher_family)
+        served = ctx.served_teacher   # a teacher behind a server answers the prompts there (docs/serving.md)
+        ref = served.ref if served is not None else resolve_model(ctx.teacher, family=ctx.teacher_family)
         prompt_format = ctx.prompt_format or ref.family.prompt_format
         path = Path(ctx.cache_dir) / f"seqkd-{cache_key(ref, prompt_format, ctx, train_examples)}.jsonl"
         records = _read_cache(path, train_examples)
@@ -95,6 +96,8 @@ def cache_key(ref, prompt_format: str, ctx: DataContext, examples: list) -> str:
         "batch_size": ctx.batch_size,
         "dtype": str(ctx.dtype),
     }
+    if ctx.served_teacher is not None:   # the model behind the address, not only the address
+        material["served_model"] = ctx.served_teacher.name
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode())
     for example in examples:
         digest.update(json.dumps(_texts(example)).encode())
@@ -107,28 +110,32 @@ def _generate(ref, prompt_format: str, ctx: DataContext, examples: list) -> list
     from ...models.generation import generate
     from ...models.load import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(ref)
+    served = ctx.served_teacher
+    tokenizer = served.tokenizer if served is not None else load_tokenizer(ref)
     prompt_ids, kept, _dropped = tokenize_prompts(
         examples, tokenizer, prompt_format=prompt_format, add_bos=ref.family.add_bos,
         max_prompt_tokens=ctx.max_prompt_tokens,
     )
     records: list[dict] = []
-    if prompt_ids:
+    generations = []
+    if prompt_ids and served is not None:
+        generations = served.generate(prompt_ids, ctx.generation, seed=ctx.seed, batch_size=ctx.batch_size)
+    elif prompt_ids:
         model = load_model(ref, dtype=ctx.dtype, device=ctx.device)
         try:
             generations = generate(model, tokenizer, prompt_ids, ctx.generation, seed=ctx.seed, batch_size=ctx.batch_size)
         finally:
             del model  # the training run loads its own models; free the teacher's memory now
             _empty_cache()
-        for index, generation in zip(kept, generations):
-            instruction, input_text = _texts(examples[index])
-            records.append({
-                "index": int(index),
-                "instruction": instruction,
-                "input": input_text,
-                "response": tokenizer.decode(generation.token_ids, skip_special_tokens=True),
-                "finished": generation.finished,
-            })
+    for index, generation in zip(kept, generations):
+        instruction, input_text = _texts(examples[index])
+        records.append({
+            "index": int(index),
+            "instruction": instruction,
+            "input": input_text,
+            "response": tokenizer.decode(generation.token_ids, skip_special_tokens=True),
+            "finished": generation.finished,
+        })
     # Prompts over max_prompt_tokens get no response: they would be dropped from training anyway.
     return records
 
