@@ -60,6 +60,28 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
     return resolve_model(str(target), family=teacher_ref.family.name)
 
 
+SAMPLED = {"student_samples", "teacher_samples", "mixed_samples"}
+
+
+def _check_context(models, examples, needs, config) -> None:
+    """Before the first step: the longest gold, sampled and validation sequence must fit every model's positions."""
+    from ..models.context import check_fits
+
+    if not examples:
+        return
+    longest_prompt = max(len(e.prompt_ids) for e in examples)
+    lengths = {"gold": max(len(e.prompt_ids) + len(e.response_ids) for e in examples),
+               "validation": longest_prompt + config.eval.max_new_tokens}
+    if needs & SAMPLED:
+        lengths["sampled"] = longest_prompt + config.generation.max_new_tokens
+    kind, tokens = max(lengths.items(), key=lambda item: item[1])
+    fix = ("lower generation.max_new_tokens, eval.max_new_tokens, data.max_prompt_tokens or "
+           "data.max_response_tokens")
+    for model in models:
+        if model is not None:
+            check_fits(model, tokens, f"{kind} sequences (prompts of up to {longest_prompt} tokens)", fix)
+
+
 def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
     from ..data.instructions import load_instructions
     from ..data.prompts import resolve_prompt_format
@@ -150,6 +172,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
+    _check_context([student, teacher], train_tok.examples + valid_tok.examples, needs, config)
     if teacher_cache is not None:
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
