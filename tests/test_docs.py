@@ -59,7 +59,7 @@ NOT_RUN = {
     "minillm distill --recipe llama/13b_to_7b_MiniLLM --num-processes 8 --teacher-shard zero3 "
     "train.teacher_dtype=bf16": "needs 8 GPUs",
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
-    "minillm compare --plan smollm2_dolly --data-dir ../shared/data":
+    "minillm compare --plan smollm2_dolly --data-dir data":
         "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
 }
 
@@ -224,6 +224,9 @@ def setup_page(name: str, root: Path, models: dict, monkeypatch) -> None:
         monkeypatch.setitem(models, "http://localhost:8000/v1", judge.url)
         monkeypatch.setenv("MINILLM_JUDGE_API_KEY", "test-key")
         return judge
+    if name == "recipes.md":   # the comparison plan's data, checked even by a dry run
+        for file in ("dolly/valid.jsonl", "dolly/test.jsonl", "selfinst/test.jsonl"):
+            write_tiny_data(root / "data" / file)
     if name == "troubleshooting.md":
         good = json.dumps(TINY_RECORDS[0])
         (root / "my_data.jsonl").write_text(good + "\n" + '{"instruction": "Add.", "input": "", "output": 4}\n')

@@ -14,6 +14,7 @@ from typing import Optional
 from ..atomic import atomic_open
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "results.json", "report.md", "comparison.png"
+MISSING_MATPLOTLIB = "no PNG plots: matplotlib is not installed (pip install 'minillm[eval]')"
 
 
 def _number(value) -> str:
@@ -201,7 +202,9 @@ def write_reports(report: dict, out_dir: Path, *, plots: bool = True, console=No
             images = plot(report, out_dir)
         except ImportError:
             if console is not None:
-                console.print("[yellow]no PNG plots: matplotlib is not installed (pip install 'minillm[eval]')[/]")
+                from rich.markup import escape
+
+                console.print(f"[yellow]{escape(MISSING_MATPLOTLIB)}[/]")
     files = {"json": str(out_dir / JSON_NAME), "markdown": str(out_dir / MARKDOWN_NAME)}
     files.update({Path(p).stem: str(p) for p in images})
     report["files"] = files

@@ -13,6 +13,7 @@ def run_distill_command(
     from rich.console import Console
     from rich.markup import escape
 
+    from ..atomic import check_output_folder
     from ..training.checkpoint import find_resume_checkpoint, rewind_metrics
     from ..config.recipes import config_to_dict, dump_config, load_config
 
@@ -30,6 +31,11 @@ def run_distill_command(
     if print_config:
         print(config_yaml, end="")
         return
+    check_output_folder(config.output_dir, "--output-dir")
+    if config.device:   # a device this machine lacks fails now, not silently on the CPU
+        from ..models.device import pick_device
+
+        pick_device(config.device)
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
     from .prepare import prepare

@@ -56,7 +56,8 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
         if not (target / "config.json").is_file():
             if console:
                 console.print(f"cutting a {num_layers}-layer student from {teacher_ref.spec} into {target} (once)")
-            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True)
+            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True,
+                       num_layers_option="student_layers")
     return resolve_model(str(target), family=teacher_ref.family.name)
 
 
@@ -83,7 +84,7 @@ def _check_context(models, examples, needs, config) -> None:
 
 
 def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
-    from ..data.instructions import load_instructions
+    from ..data.instructions import RUN_FIELDS_HINT, load_instructions
     from ..data.prompts import resolve_prompt_format
     from ..data.splits import train_valid_split
     from ..data.texts import load_texts, pack_texts
@@ -143,7 +144,8 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         width = logit_width(student)
 
     data_cfg = config.data
-    examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit)
+    examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit,
+                                 fields_hint=RUN_FIELDS_HINT)
     if not examples:
         raise MinillmError(
             f"no training examples in '{data_cfg.train}' (it is empty, or holds only blank lines or a header); "
