@@ -50,6 +50,6 @@ def os_error(exc: OSError) -> MinillmError:
 
     code = errno.errorcode.get(exc.errno or 0, "")
     reason = exc.strerror or type(exc).__name__
-    where = f" '{short_path(exc.filename)}'" if exc.filename is not None else ""
+    where = f" on '{short_path(exc.filename)}'" if exc.filename is not None else ""
     fix = _OS_FIXES.get(code, "check the path and the disk")
-    return MinillmError(f"cannot use{where}: {reason}; {fix}")
+    return MinillmError(f"file system error{where}: {reason}; {fix}")

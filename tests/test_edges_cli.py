@@ -100,3 +100,225 @@ def test_on_policy_distill_past_the_context_fails_before_training(gpt2, home, tm
                       "--output-dir", output, *FAST_DISTILL, "generation.max_new_tokens=600"),
               "sampled sequences", "generation.max_new_tokens")
     assert not output.exists()
+
+
+# --- output paths ------------------------------------------------------------------------------------------------
+
+
+def test_output_paths_of_the_wrong_kind_are_one_line(llama, home, tmp_path, capsys):
+    folder, file = tmp_path / "a-folder", tmp_path / "a-file"
+    folder.mkdir()
+    file.write_text("mine\n")
+    one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--out", folder), "--out", "is a folder")
+    one_error(run_cli(capsys, "eval", "--model", llama, "--seeds", "1", "--limit", "1", "--no-plots", "--out", file),
+              "--out", "is a file")
+    one_error(run_cli(capsys, "distill", "--teacher", llama, "--student", llama, "--objective", "sft",
+                      "--output-dir", file, *FAST_DISTILL), "--output-dir", "is a file")
+    one_error(run_cli(capsys, "convert", "layers", llama, file / "student", "--num-layers", "1"), "is a file")
+    assert list(folder.iterdir()) == [] and file.read_text() == "mine\n"
+
+
+def test_minillm_home_a_file_is_one_line(llama, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home-file"
+    home.write_text("")
+    monkeypatch.setenv("MINILLM_HOME", str(home))
+    one_error(run_cli(capsys, "distill", "--teacher", llama, "--output-dir", tmp_path / "run", *FAST_DISTILL),
+              "MINILLM_HOME", "is a file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_only_folders_are_one_line(llama, home, tmp_path, monkeypatch, capsys):
+    """The tests run as root, who may write anywhere: the check is made to see the folder as a user would."""
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        not (mode & os.W_OK) if Path(path).absolute() == locked else real_access(path, mode, **kw)))
+    try:
+        one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--out", locked / "g.jsonl"),
+                  "not writable")
+        one_error(run_cli(capsys, "eval", "--model", llama, "--no-plots", "--out", locked / "eval"), "not writable")
+        one_error(run_cli(capsys, "convert", "layers", llama, locked / "student", "--num-layers", "1"), "not writable")
+        monkeypatch.setenv("MINILLM_HOME", str(locked))
+        one_error(run_cli(capsys, "distill", "--teacher", llama, "--output-dir", tmp_path / "run", *FAST_DISTILL),
+                  "MINILLM_HOME", "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_write_no_check_foresaw_is_one_line(llama, monkeypatch, tmp_path, capsys):
+    """The last resort: an OSError anywhere (a disk turned read-only mid-run) is one line, not a traceback."""
+    import errno
+
+    import minillm_cli.runs.generate as generate
+
+    def refuse(records, out):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out))
+
+    monkeypatch.setattr(generate, "_write_jsonl", refuse)
+    one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--out", tmp_path / "g.jsonl"),
+              "Permission denied", "g.jsonl", "writable")
+
+
+def test_names_over_255_bytes_are_one_short_line(llama, tmp_path, capsys):
+    long_name = "a" * 100_000
+    line = one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE,
+                             "--out", tmp_path / f"{long_name}.jsonl"), "255 bytes")
+    assert len(line) < 600
+    line = one_error(run_cli(capsys, "generate", "--model", long_name, *FAST_GENERATE), "characters")
+    assert len(line) < 600
+
+
+# --- devices, sizes, plugins, processes --------------------------------------------------------------------------
+
+
+def test_devices_this_machine_lacks_are_one_line(llama, home, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--device", "cuda"), "no CUDA GPU", "cpu")
+    one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--device", "tpu:7"),
+              "unknown device 'tpu:7'", "cuda:N")
+    one_error(run_cli(capsys, "distill", "--teacher", llama, "--student", llama, "--device", "cuda",
+                      "--output-dir", tmp_path / "run", *FAST_DISTILL), "no CUDA GPU")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shard_size_without_a_known_unit_is_one_line(llama, tmp_path, capsys):
+    one_error(run_cli(capsys, "convert", "dtype", llama, tmp_path / "out", "--dtype", "bf16", "--max-shard-size", "12XB"),
+              "--max-shard-size '12XB'", "500MB")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plugin_hook_that_raises_names_the_plugin_and_the_hook(register_plugin, capsys):
+    import types
+
+    from minillm_cli import hookimpl
+
+    plugin = types.ModuleType("buggy")
+
+    @hookimpl
+    def register_objectives(register):
+        raise KeyError("oops")
+
+    plugin.register_objectives = register_objectives
+    register_plugin(plugin, "buggy-plugin")
+    one_error(run_cli(capsys, "distill", "--objective", "nosuch", "--print-config"),
+              "plugin 'buggy-plugin'", "register_objectives", "KeyError")
+
+
+def test_an_objective_with_an_empty_name_is_refused(register_plugin):
+    from minillm_cli import Objective, plugins
+    from minillm_cli.errors import MinillmError
+
+    class Nameless(Objective):
+        name = ""
+        needs = frozenset({"gold"})
+
+    register_plugin(objectives=[Nameless])
+    with pytest.raises(MinillmError, match="Nameless with the name ''"):
+        plugins.objectives()
+
+
+def test_zero_processes_is_an_error(llama, tmp_path, capsys):
+    one_error(run_cli(capsys, "distill", "--teacher", llama, "--num-processes", "0", "--output-dir", tmp_path / "run"),
+              "--num-processes must be >= 1")
+
+
+def test_ctrl_c_ignores_further_ctrl_c_while_exiting(monkeypatch, capsys):
+    """After the first Ctrl-C stops a command, a second one must not interrupt the exit handlers (a traceback
+    from atexit): SIGINT is ignored from then on."""
+    import signal
+
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("minillm_cli.runs.launch.strip_local_rank", interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        code, _, err = run_cli(capsys, "plugins")
+        assert code == 130 and "Traceback" not in err and "interrupted" in err
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- smaller ones ------------------------------------------------------------------------------------------------
+
+
+def test_recipes_copy_into_a_new_folder_ending_in_a_slash(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "recipes", "copy", "gpt2/xl_to_base_KD", "mine/")
+    assert code == 0, err
+    assert (tmp_path / "mine" / "xl_to_base_KD.yaml").is_file()
+
+
+def test_records_with_nothing_in_them_are_refused(llama, home, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Say hi", "input": "", "output": "hi"}\n'
+                    '{"instruction": "", "input": "", "output": ""}\n')
+    one_error(run_cli(capsys, "distill", "--teacher", llama, "--student", llama, "--objective", "sft",
+                      "--output-dir", tmp_path / "run", *FAST_DISTILL, f"data.train={data}"),
+              "d.jsonl:2", "all empty")
+
+
+def test_save_logits_refused_leaves_no_jsonl(llama, tmp_path, capsys):
+    out = tmp_path / "g.jsonl"
+    one_error(run_cli(capsys, "generate", "--model", llama, *FAST_GENERATE, "--save-logits", "100000", "--out", out),
+              "--save-logits")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_dry_run_checks_the_data(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    one_error(run_cli(capsys, "compare", "--plan", "smollm2_dolly", "--data-dir", tmp_path / "data", "--dry-run"),
+              "cannot find its data", "dolly/valid.jsonl", "selfinst")
+
+
+def test_a_compare_with_no_evaluation_writes_no_table(tmp_path):
+    from minillm_cli.compare.plan import load_plan
+    from minillm_cli.compare.runner import Comparison, Job
+
+    messages = []
+    comparison = Comparison(load_plan("smollm2_dolly"), data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+                            log=messages.append)
+    comparison._report(Job("report", "report", "", []))
+    assert not (tmp_path / "out" / "results").exists()
+    assert "not written" in messages[-1]
+
+
+# --- the design card: `minillm distill`, then `minillm eval --suite dolly,selfinst` ----------------------------------
+
+
+def test_eval_after_distill_takes_the_newest_student_and_the_documented_data(minillm_teacher_student, tmp_path,
+                                                                              monkeypatch, capsys):
+    import json
+
+    from minillm_cli.pytest_plugin import TINY_DISTILL, TINY_EVAL, TINY_RECORDS, write_tiny_data
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("MINILLM_HOME", str(home))
+    monkeypatch.delenv("MINILLM_DATA_DIR", raising=False)
+    for suite in ("dolly", "selfinst"):   # where docs/evaluation.md says the data go by default
+        write_tiny_data(home / "data" / suite / "test.jsonl", TINY_RECORDS[:4])
+    code, _, err = run_cli(capsys, "distill", "--teacher", minillm_teacher_student.teacher, "--student",
+                           minillm_teacher_student.student, "--no-progress", *TINY_DISTILL, "eval.before_after=false")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", "--suite", "dolly,selfinst", *TINY_EVAL)
+    assert code == 0, err
+    assert "evaluating runs/default/final" in err
+    report = json.loads((tmp_path / "runs" / "eval" / "results.json").read_text())
+    assert list(report["models"]) == ["runs/default/final"] and report["suites"] == ["dolly", "selfinst"]
+
+
+def test_eval_with_nothing_to_evaluate_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    one_error(run_cli(capsys, "eval", "--suite", "default"), "pass --model", "minillm distill")
+    assert not (tmp_path / "runs").exists()
