@@ -322,3 +322,29 @@ def test_eval_with_nothing_to_evaluate_says_what_to_pass(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     one_error(run_cli(capsys, "eval", "--suite", "default"), "pass --model", "minillm distill")
     assert not (tmp_path / "runs").exists()
+
+
+# --- the progress display ------------------------------------------------------------------------------------------
+
+
+def test_distill_on_a_terminal_shows_every_phase_and_one_speed(minillm_teacher_student, tmp_path, monkeypatch, capsys):
+    import re
+
+    import rich.console
+
+    from minillm_cli.pytest_plugin import TINY_DISTILL
+
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    code, _, err = run_cli(capsys, "distill", "--teacher", minillm_teacher_student.teacher, "--student",
+                           minillm_teacher_student.student, "--objective", "kd", "--output-dir", tmp_path / "run",
+                           *TINY_DISTILL, "train.steps=3")
+    assert code == 0, err[-2000:]
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err)   # the terminal's colour and cursor codes
+    for phase in ("loading the models and the data", "validating at step 0", "step 3/3", "validating at step 3",
+                  "saving the checkpoint of step 3", "exporting final/", "elapsed 0:00:"):
+        assert phase in err, phase
+    bar_speeds = re.findall(r"\| (\d+) sequence tokens/s", err)
+    summary_speed = re.search(r"s/step, (\d+) sequence tokens/s", err).group(1)
+    assert bar_speeds and bar_speeds[-1] == summary_speed

@@ -38,9 +38,14 @@ def run_distill_command(
         pick_device(config.device)
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
+    import os
+
+    from ..training.display import RunDisplay
     from .prepare import prepare
 
-    prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
+    loading = RunDisplay(console, progress and os.environ.get("RANK", "0") == "0")   # one process speaks
+    with loading.phase("loading the models and the data"):
+        prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
     engine = prepared.engine
     counts = prepared.counts
     console.quiet = not engine.accelerator.is_main_process   # one process speaks for a multi-process run
