@@ -348,3 +348,47 @@ def test_distill_on_a_terminal_shows_every_phase_and_one_speed(minillm_teacher_s
     bar_speeds = re.findall(r"\| (\d+) sequence tokens/s", err)
     summary_speed = re.search(r"s/step, (\d+) sequence tokens/s", err).group(1)
     assert bar_speeds and bar_speeds[-1] == summary_speed
+
+
+# --- plots -------------------------------------------------------------------------------------------------------
+
+
+def test_plots_label_everything_and_give_each_model_one_colour(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    from minillm_cli.evaluation import plots
+
+    def result(headline, value, curve=None):
+        return {"headline": headline, "metrics": {headline: value, f"{headline}_std": 0.5},
+                "curves": {"exposure_bias": curve} if curve else {}}
+
+    curve = {"x": [1, 2, 3], "y": [0.0, -1.0, -2.0], "xlabel": "generation length l (tokens)",
+             "ylabel": "ExAccErr(l) (%)", "title": "Exposure bias", "lower_is_better": True}
+    report = {"suites": ["dolly", "exposure"], "results": {
+        "teacher": {"dolly": result("rougeL", 14.0)},
+        "KD": {"dolly": result("rougeL", 8.0), "exposure": result("exaccerr_at_16", -12.0, curve)},
+        "MiniLLM": {"dolly": result("rougeL", 7.5), "exposure": result("exaccerr_at_16", -16.0, curve)},
+    }}
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure) and path)
+    written = plots.plot(report, tmp_path, reference="teacher")
+    assert [p.name for p in written] == ["comparison.png", "exposure_bias.png"]
+    dolly, exposure = figures["comparison.png"].axes
+    assert [t.get_text() for t in dolly.get_xticklabels()] == ["teacher", "KD", "MiniLLM"]
+    assert dolly.get_title() == "Dolly (DollyEval)" and dolly.get_ylabel() == "Rouge-L, higher is better"
+    assert exposure.get_ylabel() == "ExAccErr(16) (%), lower is better"
+    bar_colours = {label.get_text(): to_hex(bar.get_facecolor())
+                   for axes in (dolly, exposure) for label, bar in zip(axes.get_xticklabels(), axes.patches)}
+    (curves,) = figures["exposure_bias.png"].axes
+    line_colours = {line.get_label(): to_hex(line.get_color()) for line in curves.get_lines()}
+    assert line_colours == {m: bar_colours[m] for m in ("KD", "MiniLLM")}   # the same colour in both figures
+    assert len(set(bar_colours.values())) == 3 and bar_colours["teacher"] == to_hex(plots.REFERENCE_COLOUR)
+    assert curves.get_xlabel() and curves.get_ylabel().endswith("lower is better") and curves.get_title()
+
+
+def test_the_committed_results_plot_is_drawn_again_from_its_json(tmp_path):
+    from minillm_cli.compare.report import plot_again
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    (written,) = plot_again(docs / "smollm2_dolly.json", tmp_path)
+    assert written.name == "comparison.png" and written.stat().st_size > 10_000

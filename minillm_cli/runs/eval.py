@@ -194,7 +194,8 @@ def save_result(folder: Path, model: str, suite: str, result: SuiteResult) -> Pa
 def _finish(report: dict, out: Path, plots: bool, log, quiet: bool) -> dict:
     from rich.console import Console
 
-    files = write_reports(report, out, plots=plots, console=log)
+    teacher = report.get("settings", {}).get("teacher")   # drawn grey when it is also evaluated
+    files = write_reports(report, out, plots=plots, console=log, reference=teacher)
     print_table(report, Console(quiet=quiet))
     log.print("wrote " + ", ".join(files.values()))
     return report
