@@ -61,6 +61,17 @@ NOT_RUN = {
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
     "minillm compare --plan smollm2_dolly --data-dir data":
         "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
+    # docs/convert.md: inputs these tests do not make here (tests/test_convert.py converts tiny ones of each kind).
+    "minillm convert smollm2": "converts the real SmolLM2-135M GGUF; tests/test_e2e_smollm2_convert.py runs it",
+    "minillm convert gguf model.gguf out/": "needs a GGUF file; tests/test_convert.py converts tiny ones",
+    "minillm convert zero runs/x/checkpoints/step-000100 hf/": "needs a DeepSpeed run; tests/test_distributed.py converts one",
+    "minillm convert merge-lora runs/lora/final merged/": "needs a LoRA run; tests/test_lora.py merges one",
+    # docs/performance.md: benchmarks that install TRL and run for an hour or more on real models.
+    "pip install -e '.[bench]'": "installs the benchmark's peer (TRL); not a test",
+    "pip install --target /tmp/trl-1.14.2 --no-deps trl==1.14.2": "installs an older TRL for its MiniLLMTrainer; not a test",
+    "python bench/vs_trl.py --trl-minillm-path /tmp/trl-1.14.2": "a benchmark of real models (hours)",
+    "python bench/rollout_speed.py": "a benchmark of the real SmolLM2 models",
+    "python bench/distill_step.py": "a benchmark of every objective on real models",
 }
 
 
@@ -224,6 +235,10 @@ def setup_page(name: str, root: Path, models: dict, monkeypatch) -> None:
         monkeypatch.setitem(models, "http://localhost:8000/v1", judge.url)
         monkeypatch.setenv("MINILLM_JUDGE_API_KEY", "test-key")
         return judge
+    if name in ("generate.md", "convert.md"):
+        shutil.copytree(models["smollm2-135m-instruct"], root / "runs" / "default" / "final")
+        shutil.copytree(models["smollm2-135m-instruct"], root / "out")   # what `minillm convert gguf` made
+        write_tiny_data(root / "data.jsonl")
     if name == "recipes.md":   # the comparison plan's data, checked even by a dry run
         for file in ("dolly/valid.jsonl", "dolly/test.jsonl", "selfinst/test.jsonl"):
             write_tiny_data(root / "data" / file)

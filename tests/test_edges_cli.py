@@ -382,7 +382,7 @@ def test_plots_label_everything_and_give_each_model_one_colour(tmp_path, monkeyp
     (curves,) = figures["exposure_bias.png"].axes
     line_colours = {line.get_label(): to_hex(line.get_color()) for line in curves.get_lines()}
     assert line_colours == {m: bar_colours[m] for m in ("KD", "MiniLLM")}   # the same colour in both figures
-    assert len(set(bar_colours.values())) == 3 and bar_colours["teacher"] == to_hex(plots.REFERENCE_COLOUR)
+    assert len(set(bar_colours.values())) == 3 and bar_colours["teacher"] == to_hex(plots.TEACHER_GREY)
     assert curves.get_xlabel() and curves.get_ylabel().endswith("lower is better") and curves.get_title()
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 from ..atomic import atomic_open
 
 PLOT_NAME = "comparison.png"
-REFERENCE_COLOUR = "0.45"   # grey: the model every other is measured against
+TEACHER_GREY = "0.45"   # grey: the model every other is measured against
 
 # metric key pattern -> (its name on an axis, lower is better)
 METRICS = (
@@ -44,7 +44,7 @@ def model_colours(models: list, reference: Optional[str] = None) -> dict:
     others = [m for m in models if m != reference]
     colours = {model: f"C{index % 10}" for index, model in enumerate(others)}
     if reference in models:
-        colours[reference] = REFERENCE_COLOUR
+        colours[reference] = TEACHER_GREY
     return colours
 
 
