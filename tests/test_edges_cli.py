@@ -392,3 +392,71 @@ def test_the_committed_results_plot_is_drawn_again_from_its_json(tmp_path):
     docs = Path(__file__).resolve().parents[1] / "docs" / "results"
     (written,) = plot_again(docs / "smollm2_dolly.json", tmp_path)
     assert written.name == "comparison.png" and written.stat().st_size > 10_000
+
+
+# --- hints that point somewhere ------------------------------------------------------------------------------------
+
+
+def test_field_hints_name_each_commands_own_option(llama, home, tmp_path, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"q": "Say hi", "a": "hi"}\n')
+    line = one_error(run_cli(capsys, "distill", "--teacher", llama, "--student", llama, "--objective", "sft",
+                             "--output-dir", tmp_path / "run", *FAST_DISTILL, f"data.train={data}"), "data.fields=")
+    assert "--fields" not in line
+    line = one_error(run_cli(capsys, "eval", "--model", llama, "--suite", data, "--no-plots", "--out", tmp_path / "e"),
+                     f"--set {data}.fields=")
+    assert "--fields" not in line
+
+
+def test_student_layers_error_names_student_layers(llama, home, tmp_path, capsys):
+    line = one_error(run_cli(capsys, "distill", "--teacher", llama, "--output-dir", tmp_path / "run", *FAST_DISTILL,
+                             "student_layers=100"), "student_layers must be between 1 and 2")
+    assert "--num-layers" not in line
+
+
+def test_the_missing_matplotlib_hint_keeps_its_brackets(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from minillm_cli.evaluation import plots, reports
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("matplotlib")
+
+    monkeypatch.setattr(plots, "plot", no_matplotlib)
+    console = Console(file=io.StringIO(), width=200)
+    reports.write_reports({"suites": [], "results": {}, "models": {}}, tmp_path, console=console)
+    assert "pip install 'minillm[eval]'" in console.file.getvalue()
+
+
+def test_the_product_cites_nothing_it_does_not_ship():
+    """Help texts, recipes, docs and the README name the project's own docs and public sources, never a file or
+    folder of the machine the project was written on."""
+    repo = Path(__file__).resolve().parents[1]
+    files = [repo / "README.md", *(repo / "minillm_cli").rglob("*.py"), *(repo / "recipes").rglob("*.yaml"),
+             *(repo / "docs").rglob("*.md"), *(repo / "docs").rglob("*.json")]
+    cited = [f"{path.relative_to(repo)}:{number}" for path in files
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if "REFERENCE" in line or "shared/data" in line]
+    assert not cited
+
+
+# --- the README is a front page ------------------------------------------------------------------------------------
+
+
+def test_the_readme_is_a_short_front_page_that_links_into_docs():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    assert "bash scripts/setup && .venv/bin/minillm distill\n" in text
+    assert "bash scripts/setup && .venv/bin/python -m pytest -q -p no:cacheprovider\n" in text
+    for command in ("distill", "eval", "generate", "convert", "compare", "plugins"):
+        assert re.search(rf"^minillm {command}\b", text, re.M), command
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert "docs/performance.md" in links and all((repo / link).is_file() for link in links)
+    # what moved out lives once in docs/: the performance text verbatim, the safety guarantees
+    assert "Peak memory is the worker process's peak resident set" in (repo / "docs" / "performance.md").read_text()
+    assert "Peak memory is the worker process's peak resident set" not in text
