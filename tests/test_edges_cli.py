@@ -36,12 +36,6 @@ def llama(tiny_models):
     return tiny_models("llama", seed=1)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 # --- damaged or incomplete model folders -------------------------------------------------------------------------
 
 
@@ -65,7 +59,7 @@ DAMAGE = {"truncated weights": ["model.safetensors", "truncated", "again"],
 
 
 @pytest.mark.parametrize("how", sorted(DAMAGE))
-def test_damaged_model_folders_are_one_line_in_every_command(how, gpt2, home, tmp_path, capsys):
+def test_damaged_model_folders_are_one_line_in_every_command(how, gpt2, minillm_home, tmp_path, capsys):
     broken = damage(gpt2, tmp_path, how)
     words = DAMAGE[how]
     one_error(run_cli(capsys, "generate", "--model", broken, *FAST_GENERATE, "--out", tmp_path / "g.jsonl"), *words)
@@ -94,7 +88,7 @@ def test_rope_models_warn_past_their_context(llama, tmp_path, capsys):
     assert code == 0 and "warning:" in err and "512" in err, err
 
 
-def test_on_policy_distill_past_the_context_fails_before_training(gpt2, home, tmp_path, capsys):
+def test_on_policy_distill_past_the_context_fails_before_training(gpt2, minillm_home, tmp_path, capsys):
     output = tmp_path / "run"
     one_error(run_cli(capsys, "distill", "--teacher", gpt2, "--student", gpt2, "--objective", "gkd",
                       "--output-dir", output, *FAST_DISTILL, "generation.max_new_tokens=600"),
@@ -105,7 +99,7 @@ def test_on_policy_distill_past_the_context_fails_before_training(gpt2, home, tm
 # --- output paths ------------------------------------------------------------------------------------------------
 
 
-def test_output_paths_of_the_wrong_kind_are_one_line(llama, home, tmp_path, capsys):
+def test_output_paths_of_the_wrong_kind_are_one_line(llama, minillm_home, tmp_path, capsys):
     folder, file = tmp_path / "a-folder", tmp_path / "a-file"
     folder.mkdir()
     file.write_text("mine\n")
@@ -127,7 +121,7 @@ def test_minillm_home_a_file_is_one_line(llama, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_read_only_folders_are_one_line(llama, home, tmp_path, monkeypatch, capsys):
+def test_read_only_folders_are_one_line(llama, minillm_home, tmp_path, monkeypatch, capsys):
     """The tests run as root, who may write anywhere: the check is made to see the folder as a user would."""
     import os
 
@@ -176,7 +170,7 @@ def test_names_over_255_bytes_are_one_short_line(llama, tmp_path, capsys):
 # --- devices, sizes, plugins, processes --------------------------------------------------------------------------
 
 
-def test_devices_this_machine_lacks_are_one_line(llama, home, tmp_path, capsys):
+def test_devices_this_machine_lacks_are_one_line(llama, minillm_home, tmp_path, capsys):
     import torch
 
     if torch.cuda.is_available():
@@ -242,7 +236,10 @@ def test_ctrl_c_ignores_further_ctrl_c_while_exiting(monkeypatch, capsys):
     monkeypatch.setattr("minillm_cli.runs.launch.strip_local_rank", interrupted)
     previous = signal.getsignal(signal.SIGINT)
     try:
-        code, _, err = run_cli(capsys, "plugins")
+        try:
+            code, _, err = run_cli(capsys, "plugins")
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C escaped the command as a traceback")
         assert code == 130 and "Traceback" not in err and "interrupted" in err
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
@@ -259,7 +256,7 @@ def test_recipes_copy_into_a_new_folder_ending_in_a_slash(tmp_path, monkeypatch,
     assert (tmp_path / "mine" / "xl_to_base_KD.yaml").is_file()
 
 
-def test_records_with_nothing_in_them_are_refused(llama, home, tmp_path, capsys):
+def test_records_with_nothing_in_them_are_refused(llama, minillm_home, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "Say hi", "input": "", "output": "hi"}\n'
                     '{"instruction": "", "input": "", "output": ""}\n')
@@ -397,7 +394,7 @@ def test_the_committed_results_plot_is_drawn_again_from_its_json(tmp_path):
 # --- hints that point somewhere ------------------------------------------------------------------------------------
 
 
-def test_field_hints_name_each_commands_own_option(llama, home, tmp_path, capsys):
+def test_field_hints_name_each_commands_own_option(llama, minillm_home, tmp_path, capsys):
     data = tmp_path / "q.jsonl"
     data.write_text('{"q": "Say hi", "a": "hi"}\n')
     line = one_error(run_cli(capsys, "distill", "--teacher", llama, "--student", llama, "--objective", "sft",
@@ -408,7 +405,7 @@ def test_field_hints_name_each_commands_own_option(llama, home, tmp_path, capsys
     assert "--fields" not in line
 
 
-def test_student_layers_error_names_student_layers(llama, home, tmp_path, capsys):
+def test_student_layers_error_names_student_layers(llama, minillm_home, tmp_path, capsys):
     line = one_error(run_cli(capsys, "distill", "--teacher", llama, "--output-dir", tmp_path / "run", *FAST_DISTILL,
                              "student_layers=100"), "student_layers must be between 1 and 2")
     assert "--num-layers" not in line
