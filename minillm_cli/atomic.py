@@ -129,10 +129,10 @@ def lock_path(target: Path) -> Path:
     models."""
     import hashlib
 
-    from .paths import minillm_home
+    from .paths import writable_home
 
     digest = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:16]
-    return minillm_home() / "locks" / f"{Path(target).name}-{digest}.lock"
+    return writable_home() / "locks" / f"{Path(target).name}-{digest}.lock"
 
 
 def _nearest_existing(path: Path) -> Path:
