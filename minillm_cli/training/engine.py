@@ -438,8 +438,7 @@ class Engine:
                     )
                 if self.display.enabled:   # the speed so far, the same figure as the summary's at the end
                     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
-                    speed = sum(token_counts) / max(sum(step_times), 1e-9)
-                    self.display.update(completed=self.state.step, info=f"{terms} | {speed:.0f} sequence tokens/s")
+                    self.display.update(completed=self.state.step, info=f"{terms} | {sum(token_counts) / max(sum(step_times), 1e-9):.0f} sequence tokens/s")
                 result.out_of_time = self._out_of_time() and self.state.step < self.total_steps
                 at_end = self.state.step == self.total_steps or result.out_of_time
                 if cfg.eval.every and (self.state.step % cfg.eval.every == 0) and not at_end:
