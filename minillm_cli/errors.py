@@ -35,6 +35,7 @@ _OS_FIXES = {
     "EISDIR": "that is a folder; pass a file path",
     "EEXIST": "something is already there; remove it or choose another path",
     "ENOENT": "check the path",
+    "EPIPE": "the program reading the output closed it early",
 }
 
 
@@ -52,4 +53,4 @@ def os_error(exc: OSError) -> MinillmError:
     reason = exc.strerror or type(exc).__name__
     where = f" on '{short_path(exc.filename)}'" if exc.filename is not None else ""
     fix = _OS_FIXES.get(code, "check the path and the disk")
-    return MinillmError(f"file system error{where}: {reason}; {fix}")
+    return MinillmError(f"cannot read or write{where}: {reason}; {fix}")

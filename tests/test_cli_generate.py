@@ -225,6 +225,6 @@ def test_out_survives_a_failed_write(model, prompts, tmp_path, capsys, monkeypat
         main(["generate", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
               "--max-new-tokens", str(MAX_NEW), "--seeds", "1"])
     assert stopped.value.code == 2   # one line, not a traceback
-    assert "error: file system error: No space left on device; free disk space" in capsys.readouterr().err
+    assert "error: cannot read or write: No space left on device; free disk space" in capsys.readouterr().err
     assert out.read_text() == "an earlier result\n"
     assert sorted(p.name for p in folder.iterdir()) == ["gens.jsonl"]
