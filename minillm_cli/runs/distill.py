@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -38,8 +39,6 @@ def run_distill_command(
         pick_device(config.device)
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
-    import os
-
     from ..training.display import RunDisplay
     from .prepare import prepare
 

@@ -71,8 +71,9 @@ def _check_context(models, examples, needs, config) -> None:
     if not examples:
         return
     longest_prompt = max(len(e.prompt_ids) for e in examples)
-    lengths = {"gold": max(len(e.prompt_ids) + len(e.response_ids) for e in examples),
-               "validation": longest_prompt + config.eval.max_new_tokens}
+    lengths = {"gold": max(len(e.prompt_ids) + len(e.response_ids) for e in examples)}
+    if config.eval.rouge_examples:   # greedy validation responses
+        lengths["validation"] = longest_prompt + config.eval.max_new_tokens
     if needs & SAMPLED:
         lengths["sampled"] = longest_prompt + config.generation.max_new_tokens
     kind, tokens = max(lengths.items(), key=lambda item: item[1])
