@@ -129,7 +129,45 @@ def lock_path(target: Path) -> Path:
     models."""
     import hashlib
 
-    from .paths import minillm_home
+    from .paths import writable_home
 
     digest = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:16]
-    return minillm_home() / "locks" / f"{Path(target).name}-{digest}.lock"
+    return writable_home() / "locks" / f"{Path(target).name}-{digest}.lock"
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _require_writable(path: Path, option: str) -> None:
+    from .errors import MinillmError
+
+    existing = _nearest_existing(path.absolute())
+    if not existing.is_dir():
+        raise MinillmError(f"{option} '{path}': '{existing}' is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MinillmError(f"{option} '{path}': folder '{existing}' is not writable; make it writable or choose "
+                           "another path")
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Before any work: ``path`` (named by ``option``) can become a file; else one line saying why and what to do."""
+    from .errors import MinillmError
+
+    path = Path(path)
+    if path.is_dir():
+        raise MinillmError(f"{option} '{path}' is a folder; pass a file path, e.g. {path / 'out.jsonl'}")
+    _require_writable(path.parent if path.exists() else path, option)
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> None:
+    """Before any work: ``path`` (named by ``option``) is or can become a writable folder; else one line."""
+    from .errors import MinillmError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MinillmError(f"{option} '{path}' is a file, not a folder; pass a folder path or remove the file")
+    _require_writable(path, option)

@@ -56,7 +56,16 @@ def load_plugins() -> pluggy.PluginManager:
 
 def _load_entry_points(allow: str | None) -> None:
     allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if allowed:
+        installed = {ep.name for ep in entry_points} | {ep.dist.name for ep in entry_points if ep.dist is not None}
+        missing = sorted(allowed - installed)
+        if missing:
+            raise MinillmError(
+                f"MINILLM_LOAD_PLUGINS names {', '.join(repr(m) for m in missing)}, which no installed plugin is; "
+                f"installed: {', '.join(sorted(installed)) or '(none)'}; fix the name or pip install the plugin"
+            )
+    for entry_point in entry_points:
         dist = entry_point.dist
         dist_name = dist.name if dist is not None else entry_point.name
         if allowed is not None and dist_name not in allowed and entry_point.name not in allowed:
@@ -92,7 +101,10 @@ def enable_tracing(writer: Callable[[str], Any] | None = None) -> None:
 
 
 def known_hooks() -> list[str]:
-    return sorted(name for name in dir(pm.hook) if not name.startswith("_"))
+    """The hooks with a specification; pluggy also keeps a caller for a misspelt hook some plugin implemented
+    (and keeps it after that plugin is unregistered), which is not a hook."""
+    return sorted(name for name in dir(pm.hook)
+                  if not name.startswith("_") and getattr(getattr(pm.hook, name), "spec", None) is not None)
 
 
 def describe_plugins() -> list[dict]:
@@ -118,12 +130,42 @@ def _collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, 
 
     def register(item):
         name = key(item)
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            where = getattr(item, "__qualname__", None) or type(item).__qualname__
+            raise MinillmError(f"a plugin registers {kind} {where} with the name {name!r}; give it a non-empty "
+                               "name without surrounding spaces")
         if name in found:
             raise MinillmError(f"{kind} '{name}' is registered twice; rename one of the plugins' {kind}s")
         found[name] = item
 
-    getattr(pm.hook, hook_name)(register=register)
+    call_hook(hook_name, register=register)
     return found
+
+
+def call_hook(hook_name: str, **kwargs) -> list:
+    """Call a hook; an exception inside a plugin's implementation becomes one line naming the plugin and the hook."""
+    hook = getattr(pm.hook, hook_name)
+    try:
+        return hook(**kwargs)
+    except MinillmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any bug in any plugin: name it instead of a pluggy traceback
+        culprit = _plugin_in_traceback(hook, exc) or "(unknown)"
+        raise MinillmError(
+            f"plugin '{culprit}' failed in its {hook_name} hook ({type(exc).__name__}: {exc}); fix or uninstall "
+            "it, or leave it out of MINILLM_LOAD_PLUGINS"
+        ) from exc
+
+
+def _plugin_in_traceback(hook, exc: BaseException) -> str | None:
+    """The innermost hook implementation on the exception's traceback: whose code raised (or called what raised)."""
+    codes = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()
+             if hasattr(impl.function, "__code__")}
+    name, tb = None, exc.__traceback__
+    while tb is not None:
+        name = codes.get(tb.tb_frame.f_code, name)
+        tb = tb.tb_next
+    return name
 
 
 def model_families() -> dict:

@@ -221,8 +221,10 @@ def test_out_survives_a_failed_write(model, prompts, tmp_path, capsys, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SystemExit) as stopped:
         main(["generate", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
               "--max-new-tokens", str(MAX_NEW), "--seeds", "1"])
+    assert stopped.value.code == 2   # one line, not a traceback
+    assert "error: cannot read or write: No space left on device; free disk space" in capsys.readouterr().err
     assert out.read_text() == "an earlier result\n"
     assert sorted(p.name for p in folder.iterdir()) == ["gens.jsonl"]

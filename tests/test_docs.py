@@ -59,7 +59,7 @@ NOT_RUN = {
     "minillm distill --recipe llama/13b_to_7b_MiniLLM --num-processes 8 --teacher-shard zero3 "
     "train.teacher_dtype=bf16": "needs 8 GPUs",
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
-    "minillm compare --plan smollm2_dolly --data-dir ../shared/data":
+    "minillm compare --plan smollm2_dolly --data-dir data":
         "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
     # docs/serving.md: servers run until stopped; the page's distill commands run against `minillm serve` on a
     # tiny teacher (setup_page), and tests/test_serving.py starts the serve command itself.
@@ -67,6 +67,17 @@ NOT_RUN = {
     "--api-key-env TEACHER_KEY": "serves until stopped",
     "vllm serve HuggingFaceTB/SmolLM2-1.7B-Instruct --port 8000 --max-logprobs 64 --api-key change-me":
         "needs vLLM and a GPU",
+    # docs/convert.md: inputs these tests do not make here (tests/test_convert.py converts tiny ones of each kind).
+    "minillm convert smollm2": "converts the real SmolLM2-135M GGUF; tests/test_e2e_smollm2_convert.py runs it",
+    "minillm convert gguf model.gguf out/": "needs a GGUF file; tests/test_convert.py converts tiny ones",
+    "minillm convert zero runs/x/checkpoints/step-000100 hf/": "needs a DeepSpeed run; tests/test_distributed.py converts one",
+    "minillm convert merge-lora runs/lora/final merged/": "needs a LoRA run; tests/test_lora.py merges one",
+    # docs/performance.md: benchmarks that install TRL and run for an hour or more on real models.
+    "pip install -e '.[bench]'": "installs the benchmark's peer (TRL); not a test",
+    "pip install --target /tmp/trl-1.14.2 --no-deps trl==1.14.2": "installs an older TRL for its MiniLLMTrainer; not a test",
+    "python bench/vs_trl.py --trl-minillm-path /tmp/trl-1.14.2": "a benchmark of real models (hours)",
+    "python bench/rollout_speed.py": "a benchmark of the real SmolLM2 models",
+    "python bench/distill_step.py": "a benchmark of every objective on real models",
 }
 
 
@@ -150,7 +161,7 @@ def tiny_argv(args: list, models: dict) -> list:
       the same relationships (same tokenizer, different tokenizer, padded vocabulary);
     - `minillm distill` gets the tiny teacher when the page names none (the real default is SmolLM2-135M), the
       overrides of ``TINY_DISTILL`` before the page's own, and ``train.steps=2`` last (a page's longer run, e.g.
-      ``train.steps=300``, runs two steps); ``--device cuda`` runs on the CPU;
+      ``train.steps=300``, runs two steps; a page's warm start, one); ``--device cuda`` runs on the CPU;
     - `minillm eval` gets ``TINY_EVAL`` (one seed, two prompts, four new tokens) before the page's own options;
     - `minillm generate` at most four new tokens.
     """
@@ -161,7 +172,9 @@ def tiny_argv(args: list, models: dict) -> list:
         if "--resume" in rest:
             return ["distill", *rest, "--no-progress"]
         teacher = [] if "--teacher" in rest else ["--teacher", models["smollm2-135m-instruct"]]
-        return ["distill", *TINY_DISTILL, "--no-progress", *teacher, *rest, "train.steps=2"]
+        # a page's warm start runs one step (TINY_DISTILL turns the default job's off)
+        warm = ["warm_start.steps=1"] if any(str(a).startswith("warm_start.steps=") for a in rest) else []
+        return ["distill", *TINY_DISTILL, "--no-progress", *teacher, *rest, "train.steps=2", *warm]
     if command == "eval" and "--from-generations" not in rest:
         return ["eval", *TINY_EVAL, *rest]
     if command == "generate":
@@ -237,6 +250,13 @@ def setup_page(name: str, root: Path, models: dict, monkeypatch) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         monkeypatch.setitem(models, "http://gpu-box:8000/v1", server.url)
         return types.SimpleNamespace(close=lambda: (server.shutdown(), server.server_close()))
+    if name in ("generate.md", "convert.md"):
+        shutil.copytree(models["smollm2-135m-instruct"], root / "runs" / "default" / "final")
+        shutil.copytree(models["smollm2-135m-instruct"], root / "out")   # what `minillm convert gguf` made
+        write_tiny_data(root / "data.jsonl")
+    if name == "recipes.md":   # the comparison plan's data, checked even by a dry run
+        for file in ("dolly/valid.jsonl", "dolly/test.jsonl", "selfinst/test.jsonl"):
+            write_tiny_data(root / "data" / file)
     if name == "troubleshooting.md":
         good = json.dumps(TINY_RECORDS[0])
         (root / "my_data.jsonl").write_text(good + "\n" + '{"instruction": "Add.", "input": "", "output": 4}\n')

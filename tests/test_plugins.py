@@ -145,7 +145,9 @@ def test_allow_list_environment_variable(tmp_path):
     names = lambda r: {p["name"] for p in json.loads(r.stdout)["plugins"]}  # noqa: E731
     assert "hello" not in names(_cli(["plugins", "--json"], tmp_path, MINILLM_LOAD_PLUGINS=""))
     assert "hello" in names(_cli(["plugins", "--json"], tmp_path, MINILLM_LOAD_PLUGINS="minillm-hello"))
-    assert "hello" not in names(_cli(["plugins", "--json"], tmp_path, MINILLM_LOAD_PLUGINS="other"))
+    unknown = _cli(["plugins", "--json"], tmp_path, MINILLM_LOAD_PLUGINS="other")   # a typo is not silence
+    assert unknown.returncode == 2 and "MINILLM_LOAD_PLUGINS names 'other'" in unknown.stderr
+    assert "minillm-hello" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_tracing_switch_prints_hook_calls(tmp_path):

@@ -74,9 +74,11 @@ def layers(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Make a student from a subset of the teacher's transformer blocks."""
+    from ..atomic import check_output_folder
     from ..convert.layers import cut_layers
     from .parsing import parse_layer_indices
 
+    check_output_folder(out, "OUT")
     report = cut_layers(
         source,
         out,

@@ -46,6 +46,7 @@ def distill(
         "parallel.teacher_shard": teacher_shard,
     }
     launch = LaunchOptions(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    launch.check()   # --num-processes 0 is an error, not one process
     if launch.wanted() and not inside_launcher() and not print_config:
         args = distill_args(overrides=overrides or [], recipe=recipe, options=options, resume=resume,
                             overwrite=overwrite, print_config=print_config, progress=progress)

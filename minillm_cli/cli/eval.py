@@ -10,10 +10,10 @@ import typer
 
 
 def eval_command(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Model to evaluate (repeatable): alias, hub id, directory or .gguf file."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Model to evaluate (repeatable): alias, hub id, directory or .gguf file (default: the newest runs/*/final that minillm distill exported)."),
     suite: List[str] = typer.Option(["default"], "--suite", "-s", help="Suites, comma-separated or repeated: default, dolly, selfinst, vicuna, sinst, uinst, exposure, calibration, judge, any registered evaluator, or a local JSONL file."),
     out: Optional[Path] = typer.Option(None, "--output-dir", "--out", "-o", help="Output directory (default runs/eval; with --from-generations: DIR/rescored)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Directory holding <suite>/test.jsonl files (e.g. shared/data); default $MINILLM_DATA_DIR, then $MINILLM_HOME/data."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Directory holding <suite>/test.jsonl files (docs/evaluation.md says where each comes from); default $MINILLM_DATA_DIR, then $MINILLM_HOME/data."),
     seeds: str = typer.Option("10,20,30,40,50", help="Generation seeds; scores are mean ± std over them (docs/method.md §4)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature; 0 = greedy."),
     top_k: int = typer.Option(0, help="Top-k filtering; 0 = off."),
@@ -53,6 +53,11 @@ def eval_command(
 
     from ..models.generation import SamplingConfig
     from ..runs.eval import run_eval
+
+    if not model:   # `minillm eval --suite dolly` right after `minillm distill`: the student it just exported
+        from ..runs.latest import default_model
+
+        model = [default_model(lambda text: typer.echo(text, err=True))]
 
     settings = list(set_options or [])
     if judge_url is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -44,7 +43,7 @@ def show(name: str = typer.Argument(..., help="Recipe name, e.g. smollm2/135M_to
 @app.command("copy")
 def copy(
     name: str = typer.Argument(..., help="Recipe name, e.g. smollm2/135M_to_6L_KD."),
-    dest: Optional[Path] = typer.Argument(None, help="Destination file or directory; default ./<basename>.yaml."),
+    dest: Optional[str] = typer.Argument(None, help="Destination file or directory (a path ending in / is a directory); default ./<basename>.yaml."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing file."),
 ) -> None:
     """Copy a shipped recipe so you can edit it; run it with `minillm distill --recipe DEST`."""

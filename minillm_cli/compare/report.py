@@ -117,7 +117,8 @@ def write_comparison(comparison) -> dict:
     merged = merged_report(comparison)
     machine = _machine()
     machine["torch_threads_per_stage"] = comparison.threads
-    files = write_reports(merged, out, plots=True)
+    exposure = comparison.plan.evaluate.exposure
+    files = write_reports(merged, out, plots=True, reference=exposure["teacher"] if exposure else None)
     document = {
         "plan": str(comparison.plan.path), "title": comparison.plan.title, "data_dir": comparison.data_dir,
         "budget_minutes": comparison.budget, "parallel": comparison.parallel, "machine": machine,
@@ -126,6 +127,10 @@ def write_comparison(comparison) -> dict:
             model: {suite: dict(result.get("metrics", {})) for suite, result in per_suite.items()}
             for model, per_suite in merged["results"].items()
         },
+        "headlines": headline_names(merged),   # with the curves: enough to draw the plots again (plot_again)
+        "curves": {model: {suite: result["curves"] for suite, result in per_suite.items() if result.get("curves")}
+                   for model, per_suite in merged["results"].items()},
+        "reference": exposure["teacher"] if exposure else None,
     }
     with atomic_open(out / JSON_NAME) as handle:
         json.dump(document, handle, indent=2, ensure_ascii=False)
@@ -138,3 +143,22 @@ def write_comparison(comparison) -> dict:
         handle.write("\n".join(text))
     files.update(comparison_json=str(out / JSON_NAME), markdown=str(out / TABLE_NAME))
     return files
+
+
+def plot_again(document_path: Path, out_dir: Path) -> list:
+    """Draw a comparison's plots again from its comparison.json, offline (after the plotting code changed).
+
+    Files written before the JSON kept headlines and curves lack them: the first metric of each suite is its
+    headline there (as the evaluators list them), and no curve can be drawn."""
+    from ..evaluation.plots import plot
+
+    document = json.loads(Path(document_path).read_text(encoding="utf-8"))
+    headlines, curves = document.get("headlines") or {}, document.get("curves") or {}
+    results = {
+        model: {suite: {"metrics": metrics, "headline": headlines.get(suite) or next(iter(metrics), None),
+                        "curves": curves.get(model, {}).get(suite)}
+                for suite, metrics in per_suite.items()}
+        for model, per_suite in document["results"].items()
+    }
+    report = {"suites": document["evaluation"]["suites"], "results": results}
+    return plot(report, Path(out_dir), reference=document.get("reference"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..atomic import atomic_open
+from ..errors import MinillmError
 from .plan import Plan
 
 STATE_NAME = "compare.json"
@@ -127,6 +128,27 @@ class Comparison:
                 command += ["--limit", str(e.limit)]
             return command + extra + list(e.args)
         return []
+
+    def check_data(self) -> None:
+        """Before anything runs (a dry run too): every path the plan reads through {data_dir} exists and every
+        evaluation suite finds its test set; else one line listing what is missing."""
+        from ..evaluation.base import EvalContext
+        from ..evaluation.select import build_evaluators
+
+        problems = []
+        for template in self.plan.overrides + [o for s in self.plan.stages for o in s.overrides]:
+            key, _, value = self._substitute(template).partition("=")
+            if "{data_dir}" in template and not Path(value).exists():
+                problems.append(f"{key}: {value} does not exist")
+        context = EvalContext(model_name="", data_dir=Path(self.data_dir) if self.data_dir else None,
+                              limit=self.plan.evaluate.limit)
+        for evaluator in build_evaluators(self.plan.evaluate.suites):
+            try:
+                evaluator.check(context)
+            except MinillmError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise MinillmError(f"plan '{self.plan.path.stem}' cannot find its data: " + "; ".join(problems))
 
     # --- state --------------------------------------------------------------------------------------------
 
@@ -275,10 +297,14 @@ class Comparison:
         return text
 
     def _report(self, job: Job) -> None:
-        from .report import write_comparison
+        from .report import merged_report, write_comparison
 
-        files = write_comparison(self)
         record = self._record(job)
+        if not merged_report(self)["results"]:   # an empty table would read as a result
+            record.update(status="failed", finished=_now())
+            self.log("report  not written: no evaluation finished (see the FAILED lines above)")
+            return
+        files = write_comparison(self)
         record.update(status="done", finished=_now(), files=files)
         self.log(f"report  {files['markdown']}")
 

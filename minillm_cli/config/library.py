@@ -83,10 +83,11 @@ def resolve_recipe(recipe: str | os.PathLike) -> tuple[Path, str]:
 
 
 def copy_recipe(name: str, dest: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Copy a shipped recipe to ``dest`` (default ``./<basename>.yaml``; a directory gets that name inside)."""
+    """Copy a shipped recipe to ``dest`` (default ``./<basename>.yaml``; a directory, or a path ending in a
+    slash, gets that name inside)."""
     source = recipe_path(name)
     target = Path(dest) if dest is not None else Path(source.name)
-    if target.is_dir():
+    if target.is_dir() or str(dest).endswith(("/", os.sep)):
         target = target / source.name
     if target.exists() and not force:
         raise MinillmError(f"{target} already exists; pass --force to overwrite it, or give another destination")

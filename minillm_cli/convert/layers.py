@@ -21,12 +21,14 @@ def cut_layers(
     num_layers: Optional[int] = None,
     dtype: Optional[str] = None,
     overwrite: bool = False,
+    num_layers_option: str = "--num-layers",
 ) -> ConversionReport:
     """A student made of a subset of the teacher's transformer blocks; embeddings, final norm and head are kept.
 
     Exactly one of ``keep`` (teacher layer indices, increasing), ``every`` (layers 0, k, 2k, ...) or
     ``num_layers`` (N layers spread evenly, the first and last included). The result is saved in ``dtype``
-    (default: the teacher's stored dtype; fp32 for GGUF teachers).
+    (default: the teacher's stored dtype; fp32 for GGUF teachers). ``num_layers_option``: how the caller's user
+    spells ``num_layers`` (distill's student_layers=N), for the error that names it.
     """
     started = time.perf_counter()
     ref = resolve_source(source)
@@ -35,7 +37,8 @@ def cut_layers(
     model, tokenizer = load_source(ref, dtype)
     layers_path = ref.family.layers_path
     parent, attr, layers = _find_layers(model, layers_path, ref)
-    indices = choose_layers(len(layers), keep=keep, every=every, num_layers=num_layers)
+    indices = choose_layers(len(layers), keep=keep, every=every, num_layers=num_layers,
+                            num_layers_option=num_layers_option)
     replace_layers(model, parent, attr, layers, indices)
     report = save_and_verify(
         "layers", ref, model, tokenizer, out, dtype, started, overwrite=overwrite, cast=False
@@ -66,6 +69,7 @@ def choose_layers(
     keep: Optional[Sequence[int]] = None,
     every: Optional[int] = None,
     num_layers: Optional[int] = None,
+    num_layers_option: str = "--num-layers",
 ) -> list[int]:
     """The teacher layer indices to keep; validated, increasing, without duplicates."""
     given = [name for name, value in (("keep", keep), ("every", every), ("num_layers", num_layers)) if value is not None]
@@ -98,7 +102,7 @@ def choose_layers(
         return list(range(0, total, int(every)))
     count = int(num_layers)
     if not 1 <= count <= total:
-        raise MinillmError(f"--num-layers must be between 1 and {total}; {valid}")
+        raise MinillmError(f"{num_layers_option} must be between 1 and {total}; {valid}")
     if count == 1:
         return [0]
     # Evenly spread, first and last included; rounding half up keeps the indices strictly increasing.

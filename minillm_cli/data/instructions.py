@@ -102,6 +102,8 @@ def _explicit_fields(spec) -> dict:
         result[key] = value
     return result
 
+# How a distill run maps fields (a YAML string holding key=field pairs), for its errors.
+RUN_FIELDS_HINT = "data.fields='{mapping}'"
 _INSTRUCTION_FILES = "JSONL/JSON/CSV/Parquet file with fields instruction, input, output"
 
 
@@ -111,6 +113,7 @@ def load_instructions(
     fields: Union[str, Mapping, FieldMap, None] = None,
     split: Optional[str] = None,
     limit: Optional[int] = None,
+    fields_hint: str = "--fields {mapping}",
 ) -> list:
     """Load instruction examples from ``source``.
 
@@ -120,6 +123,7 @@ def load_instructions(
     fields: explicit field mapping (``"instruction=question,output=answer"``); keys it does not name are
     detected per record from FIELD_ALIASES (Alpaca's and Dolly's names, among others).
     limit: keep the first ``limit`` examples (records after them are not read or checked).
+    fields_hint: how the caller's user maps fields (``data.fields={mapping}`` in a run), for the errors.
 
     Records are numbered in errors by line for JSONL and CSV (1-based, as editors count), and by 0-based
     item / row for JSON arrays and Parquet / hub datasets (as ``jq '.[5]'`` and ``dataset[5]`` count).
@@ -131,7 +135,7 @@ def load_instructions(
     if limit == 0:
         return examples
     for label, record in source_records(source, split, _INSTRUCTION_FILES):
-        examples.append(_to_example(record, label, explicit))
+        examples.append(_to_example(record, label, explicit, fields_hint))
         if limit is not None and len(examples) >= limit:
             break
     return examples
@@ -147,22 +151,22 @@ def _pick(record: dict, key: str, explicit: dict) -> Optional[str]:
     return None
 
 
-def _missing(label: str, key: str, record: dict, explicit: dict) -> MinillmError:
+def _missing(label: str, key: str, record: dict, explicit: dict, fields_hint: str) -> MinillmError:
     wanted = explicit.get(key, key)
     present = ", ".join(map(str, record)) if record else "none"
     return MinillmError(
         f"{label}: missing field '{wanted}' (fields present: {present}; "
-        f"map fields with --fields {_MAPPING_EXAMPLE[key]})"
+        f"map fields with {fields_hint.format(mapping=_MAPPING_EXAMPLE[key])})"
     )
 
 
-def _to_example(record: dict, label: str, explicit: dict) -> InstructionExample:
+def _to_example(record: dict, label: str, explicit: dict, fields_hint: str) -> InstructionExample:
     instruction_field = _pick(record, "instruction", explicit)
     if instruction_field is None:
-        raise _missing(label, "instruction", record, explicit)
+        raise _missing(label, "instruction", record, explicit, fields_hint)
     output_field = _pick(record, "output", explicit)
     if output_field is None:
-        raise _missing(label, "output", record, explicit)
+        raise _missing(label, "output", record, explicit, fields_hint)
     input_field = _pick(record, "input", explicit)
 
     instruction = record[instruction_field]
@@ -184,4 +188,6 @@ def _to_example(record: dict, label: str, explicit: dict) -> InstructionExample:
         raise MinillmError(
             f"{label}: field '{output_field}' must be a string or a list of strings, got {type_name(output)}"
         )
+    if not instruction.strip() and not value.strip() and not any(r.strip() for r in references):
+        raise MinillmError(f"{label}: instruction, input and output are all empty; fill them in or remove the record")
     return InstructionExample(instruction=instruction, input=value, references=references, fields=dict(record))

@@ -6,7 +6,7 @@ import random
 from typing import Sequence
 
 from ..errors import MinillmError
-from .instructions import load_instructions
+from .instructions import RUN_FIELDS_HINT, load_instructions
 
 
 def _split_count(value, n: int, name: str) -> int:
@@ -59,7 +59,7 @@ def train_valid_split(examples: Sequence, data_config) -> tuple:
     ``default`` eval suite is this split of the embedded data under the default DataConfig.
     """
     if data_config.valid:
-        return examples, load_instructions(data_config.valid, fields=data_config.fields)
+        return examples, load_instructions(data_config.valid, fields=data_config.fields, fields_hint=RUN_FIELDS_HINT)
     size = data_config.valid_size
     splits = split_examples(examples, valid=int(size) if size >= 1 else size, test=0, seed=data_config.seed)
     return splits["train"], splits["valid"]

@@ -110,6 +110,7 @@ class ExposureEvaluator(_PromptsFromSuite):
             curves={"exposure_bias": {
                 "x": curve["lengths"], "y": curve["exaccerr"], "xlabel": "generation length l (tokens)",
                 "ylabel": "ExAccErr(l) (%)", "title": "Exposure bias: excess accumulated error",
+                "lower_is_better": True,
             }},
         )
 

@@ -4,8 +4,8 @@ Every suite reads its test set from the first of:
 
 1. ``--set SUITE.path=FILE_OR_DIR``;
 2. ``<data dir>/<folder>/<split>.jsonl`` (or .json/.csv/.parquet, or ``<data dir>/<folder>.jsonl``), where the
-   data dir is ``--data-dir``, else ``$MINILLM_DATA_DIR``, else ``$MINILLM_HOME/data``; the layout is that of
-   ``shared/data`` (``dolly/test.jsonl``, ``selfinst/test.jsonl``), so ``--data-dir shared/data`` just works;
+   data dir is ``--data-dir``, else ``$MINILLM_DATA_DIR``, else ``$MINILLM_HOME/data``; one folder per suite
+   (``dolly/test.jsonl``, ``selfinst/test.jsonl``; docs/evaluation.md says where each comes from);
 3. a Hugging Face dataset (``--set SUITE.hub=NAME``; ``SUITE.hub_split``), when the hub is reachable.
 
 Otherwise the suite fails with one line that says where to put the file and in which format. ``default`` needs
@@ -125,7 +125,8 @@ class InstructionSuite(Evaluator):
 
         source, split, described = self.locate(ctx)
         try:
-            examples = load_instructions(source, fields=self.options.fields, split=split)
+            examples = load_instructions(source, fields=self.options.fields, split=split,
+                                         fields_hint=f"--set {self.name}.fields={{mapping}}")
         except MinillmError:
             if not described.startswith("hub:"):
                 raise
@@ -200,7 +201,7 @@ class DefaultSuite(InstructionSuite):
 
 @dataclass
 class DollyOptions(SuiteOptions):
-    # MiniLLM's processed Dolly release names its 500-example test set "valid" (shared/data/dolly/LICENSES.md).
+    # MiniLLM's processed Dolly release names its 500-example test set "valid" (and its 1000-example dev set "dev").
     hub: Optional[str] = option("MiniLLM/dolly", "A Hugging Face dataset to read when no local file is found.")
     hub_split: str = option("valid", "The split of the hub dataset (MiniLLM's release calls the test set valid).")
 
@@ -229,8 +230,8 @@ class SelfInstSuite(InstructionSuite):
             return examples, filtered
         if not any("in_minillm_242" in e.fields for e in examples):
             raise MinillmError(
-                "selfinst.paper_subset needs the field in_minillm_242 in the data; use shared/data/selfinst/test.jsonl "
-                "or drop the option"
+                "selfinst.paper_subset needs the field in_minillm_242 in the data (true for the 242 instructions the "
+                "paper kept; docs/evaluation.md); add it to your selfinst/test.jsonl or drop the option"
             )
         kept = [e for e in examples if e.fields.get("in_minillm_242")]
         return kept, filtered + len(examples) - len(kept)

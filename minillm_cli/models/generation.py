@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..errors import MinillmError
+from .context import check_fits
 
 
 @dataclass
@@ -107,6 +108,10 @@ def generate(
         raise MinillmError(f"batch size must be >= 1, got {batch_size}")
     if any(len(p) == 0 for p in prompts):
         raise MinillmError("a prompt has no tokens; generation needs at least one prompt token")
+    if prompts:
+        longest = max(len(p) for p in prompts)
+        check_fits(model, longest + config.max_new_tokens,
+                   f"prompts of up to {longest} tokens plus {config.max_new_tokens} new tokens")
     generation_config = config.generation_config(tokenizer)
     eos_ids = _eos_ids(tokenizer, model)
     generation_config.eos_token_id = sorted(eos_ids)

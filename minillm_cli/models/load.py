@@ -7,7 +7,6 @@ directory, or a ``.gguf`` file; every command accepts all four.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional
 
 from ..errors import MinillmError
 from .family import ModelFamily
+from .files import check_tokenizer_files, check_weights, read_config
 from ..plugins import model_families
 
 DTYPES = {
@@ -112,7 +112,7 @@ def _family_for_local(path: Path, gguf_file: Optional[str], spec: str, family: O
     if gguf_file:
         architecture, name = _gguf_metadata(path / gguf_file)
         return detect_family(architecture, [name, gguf_file, str(path)], spec)
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path)
     names = [config.get("_name_or_path", ""), str(path.resolve())]
     return detect_family(config.get("model_type", ""), names, spec)
 
@@ -225,6 +225,11 @@ def _quiet_gguf(ref: ModelRef):
         gguf_utils.tqdm = original
 
 
+def _local_directory(ref: ModelRef) -> bool:
+    """A Hugging Face directory on disk (not a hub id, not a GGUF file), whose files can be checked first."""
+    return not ref.gguf_file and Path(ref.source).is_dir()
+
+
 def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
     """The tokenizer, with a pad token and the family's padding side.
 
@@ -233,6 +238,8 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
     """
     from transformers import AutoTokenizer
 
+    if _local_directory(ref):
+        check_tokenizer_files(Path(ref.source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.source, trust_remote_code=trust_remote_code, **ref.load_kwargs())
     except OSError as exc:
@@ -262,6 +269,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    if _local_directory(ref):
+        check_weights(Path(ref.source))
     try:
         with _quiet_gguf(ref):
             model = AutoModelForCausalLM.from_pretrained(

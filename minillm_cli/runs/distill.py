@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ def run_distill_command(
     from rich.console import Console
     from rich.markup import escape
 
+    from ..atomic import check_output_folder
     from ..training.checkpoint import find_resume_checkpoint
     from ..config.recipes import dump_config, load_config
 
@@ -32,6 +34,11 @@ def run_distill_command(
     if print_config:
         print(config_yaml, end="")
         return
+    check_output_folder(config.output_dir, "--output-dir")
+    if config.device:   # a device this machine lacks fails now, not silently on the CPU
+        from ..models.device import pick_device
+
+        pick_device(config.device)
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
     warm = None
@@ -102,9 +109,12 @@ def _train(config, objective_options, *, console, progress: bool, config_yaml: s
 
     from ..training.checkpoint import rewind_metrics
     from ..config.recipes import config_to_dict
+    from ..training.display import RunDisplay
     from .prepare import prepare
 
-    prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
+    loading = RunDisplay(console, progress and os.environ.get("RANK", "0") == "0")   # one process speaks
+    with loading.phase("loading the models and the data"):
+        prepared = prepare(config, objective_options, console=console, progress=progress, config_yaml=config_yaml)
     engine = prepared.engine
     counts = prepared.counts
     console.quiet = not engine.accelerator.is_main_process   # one process speaks for a multi-process run

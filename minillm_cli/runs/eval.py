@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, check_output_folder
 from ..errors import MinillmError
 from ..evaluation.base import EvalContext, SuiteResult
 from ..evaluation.reports import JSON_NAME, print_table, write_reports
@@ -81,6 +81,7 @@ def run_eval(
         raise MinillmError(f"--limit must be >= 1, got {limit}")
     if batch_size < 1:
         raise MinillmError(f"--batch-size must be >= 1, got {batch_size}")
+    check_output_folder(out, "--out")
     log = Console(stderr=True, quiet=quiet)
     # Every suite name and option is checked before the first (slow) model load.
     evaluators = build_evaluators(suites, parse_settings(settings))
@@ -193,7 +194,8 @@ def save_result(folder: Path, model: str, suite: str, result: SuiteResult) -> Pa
 def _finish(report: dict, out: Path, plots: bool, log, quiet: bool) -> dict:
     from rich.console import Console
 
-    files = write_reports(report, out, plots=plots, console=log)
+    teacher = report.get("settings", {}).get("teacher")   # drawn grey when it is also evaluated
+    files = write_reports(report, out, plots=plots, console=log, reference=teacher)
     print_table(report, Console(quiet=quiet))
     log.print("wrote " + ", ".join(files.values()))
     return report

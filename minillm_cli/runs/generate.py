@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, check_output_file
 from ..errors import MinillmError
 from ..models.device import pick_device
 from ..models.generation import GenerationStats, SamplingConfig, generate, generate_with_progress
@@ -52,6 +52,8 @@ def run_generate(
     from ..data.tokenization import tokenize_prompts
     from ..models.load import load_model, load_tokenizer, resolve_model
 
+    if out is not None:
+        check_output_file(out, "--out")
     console = Console(stderr=True, quiet=quiet)
     examples = load_instructions(prompts, fields=fields, split=split, limit=limit)
     if not examples:
@@ -76,6 +78,9 @@ def run_generate(
         lm = ServedTeacher.connect(served_url, tokenizer, None, save_logits or 1, family=ref.family)
     else:
         lm = load_model(ref, dtype=dtype, device=pick_device(device))
+        width = lm.get_output_embeddings().weight.shape[0]
+        if mode and not 0 < save_logits < width:   # refused before anything is written, not after the JSONL
+            raise MinillmError(f"--save-logits needs 0 < k < the model's {width} logits, got {save_logits}")
     stats = GenerationStats()
     records = []
     if mode == "given":   # teacher-forcing over the input's own responses: nothing to sample

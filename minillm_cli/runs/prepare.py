@@ -56,12 +56,36 @@ def student_from_teacher(teacher_ref, num_layers: int, console=None):
         if not (target / "config.json").is_file():
             if console:
                 console.print(f"cutting a {num_layers}-layer student from {teacher_ref.spec} into {target} (once)")
-            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True)
+            cut_layers(teacher_ref.display, target, num_layers=num_layers, overwrite=True,
+                       num_layers_option="student_layers")
     return resolve_model(str(target), family=teacher_ref.family.name)
 
 
+SAMPLED = {"student_samples", "teacher_samples", "mixed_samples"}
+
+
+def _check_context(models, examples, needs, config) -> None:
+    """Before the first step: the longest gold, sampled and validation sequence must fit every model's positions."""
+    from ..models.context import check_fits
+
+    if not examples:
+        return
+    longest_prompt = max(len(e.prompt_ids) for e in examples)
+    lengths = {"gold": max(len(e.prompt_ids) + len(e.response_ids) for e in examples)}
+    if config.eval.rouge_examples:   # greedy validation responses
+        lengths["validation"] = longest_prompt + config.eval.max_new_tokens
+    if needs & SAMPLED:
+        lengths["sampled"] = longest_prompt + config.generation.max_new_tokens
+    kind, tokens = max(lengths.items(), key=lambda item: item[1])
+    fix = ("lower generation.max_new_tokens, eval.max_new_tokens, data.max_prompt_tokens or "
+           "data.max_response_tokens")
+    for model in models:
+        if model is not None:
+            check_fits(model, tokens, f"{kind} sequences (prompts of up to {longest_prompt} tokens)", fix)
+
+
 def prepare(config, objective_options, *, console=None, progress: bool = True, config_yaml: str = "") -> Prepared:
-    from ..data.instructions import load_instructions
+    from ..data.instructions import RUN_FIELDS_HINT, load_instructions
     from ..data.prompts import resolve_prompt_format
     from ..data.splits import train_valid_split
     from ..data.texts import load_texts, pack_texts
@@ -137,7 +161,8 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         teacher_cache = served_teacher     # scored like cached logits: the same k + 1 buckets, from the server
 
     data_cfg = config.data
-    examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit)
+    examples = load_instructions(data_cfg.train, fields=data_cfg.fields, split=data_cfg.train_split, limit=data_cfg.limit,
+                                 fields_hint=RUN_FIELDS_HINT)
     if not examples:
         raise MinillmError(
             f"no training examples in '{data_cfg.train}' (it is empty, or holds only blank lines or a header); "
@@ -166,6 +191,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"no training examples left from '{data_cfg.train}' after dropping {train_tok.dropped_long_prompt} "
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
+    _check_context([student, teacher], train_tok.examples + valid_tok.examples, needs, config)
     if teacher_cache is not None and served_teacher is None:   # a file holds only the examples it was made from
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None

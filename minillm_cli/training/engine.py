@@ -24,7 +24,8 @@ from .checkpoint import TrainerState, export_model, load_checkpoint, save_checkp
 from ..models.forward import Forward, forward_hidden, output_head
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
-from .run_log import RunLog, progress_display
+from .display import RunDisplay
+from .run_log import RunLog
 from .streams import ExampleStream, StopFlag
 from .sampling_services import SamplingServices
 
@@ -72,7 +73,7 @@ class Engine(SamplingServices):
         self.accelerator = accelerator
         self.device = self.accelerator.device
         self.console = console
-        self.show_progress = progress
+        self.display = RunDisplay(console, progress and self.accelerator.is_main_process)
         self.rng = random.Random(train.seed)   # the same on every process: objectives' choices must agree
         torch.manual_seed(distributed.process_seed(train.seed, self.accelerator.process_index))
         self.stream = ExampleStream(
@@ -267,6 +268,12 @@ class Engine(SamplingServices):
     # --- validation ----------------------------------------------------------------------------------------
 
     def validate(self) -> dict:
+        cfg = self.config.eval
+        examples = len(self.data.valid[: cfg.max_examples]) + len(self.data.valid[: cfg.rouge_examples])
+        with self.display.phase(f"validating at step {self.state.step}", examples):
+            return self._validate()
+
+    def _validate(self) -> dict:
         import torch
 
         from ..losses.head import distill_loss, lm_loss
@@ -295,6 +302,7 @@ class Engine(SamplingServices):
                             teacher = self.teacher_forward(batch)
                             fkl += float(distill_loss("fkl", student, teacher, batch.loss_mask, num_tokens=1, chunk_tokens=chunk_tokens))
                         tokens += batch.num_tokens
+                        self.display.advance(len(chunk))
                 results["valid_loss"] = ce / max(tokens, 1)
                 if self.teacher is not None:
                     results["valid_fkl"] = fkl / max(tokens, 1)
@@ -303,7 +311,7 @@ class Engine(SamplingServices):
                 greedy = SamplingConfig(temperature=0, max_new_tokens=cfg.max_new_tokens)
                 generations = generate(
                     model, self.tokenizer, [e.prompt_ids for e in rouge_examples], greedy,
-                    batch_size=self.config.train.batch_size,
+                    batch_size=self.config.train.batch_size, on_batch=lambda done, _: self.display.advance(done),
                 )
                 texts = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
                 refs = self.data.valid_references[: len(rouge_examples)]
@@ -342,7 +350,8 @@ class Engine(SamplingServices):
         every process's random state goes with it (see ``parallel_checkpoint``)."""
         from .parallel_checkpoint import save_parallel
 
-        return save_parallel(self, save_checkpoint)
+        with self.display.phase(f"saving the checkpoint of step {self.state.step}"):
+            return save_parallel(self, save_checkpoint)
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint, on any number of processes (see ``parallel_checkpoint``)."""
@@ -356,7 +365,8 @@ class Engine(SamplingServices):
         from .parallel_checkpoint import export_parallel
 
         meta = {"step": self.state.step, "objective": self.objective.name, "best_metric": self.state.best_metric}
-        return export_parallel(self, self.output_dir / name, meta, export_model)
+        with self.display.phase(f"exporting {name}/"):
+            return export_parallel(self, self.output_dir / name, meta, export_model)
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
@@ -369,8 +379,8 @@ class Engine(SamplingServices):
             self.objective.on_validation(result.before)
             self._log({"step": 0, **result.before})
         step_times, token_counts = [], []  # token counts: every sequence token (prompt and response)
-        with StopFlag() as stop, progress_display(self.console, self.show_progress and self.accelerator.is_main_process) as progress:
-            task = progress.add_task("distill", total=self.total_steps, completed=self.state.step, info="") if progress else None
+        with StopFlag() as stop, self.display.phase("step", self.total_steps, keep=True):
+            self.display.update(completed=self.state.step)
             while self.state.step < self.total_steps:
                 started = time.perf_counter()
                 record = self.train_step()
@@ -388,9 +398,9 @@ class Engine(SamplingServices):
                     raise too_many_bad_steps(
                         self.state.step, self.state.bad_steps_in_row, self.state.last_bad_term, self.output_dir
                     )
-                if progress:
+                if self.display.enabled:   # the speed so far, the same figure as the summary's at the end
                     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
-                    progress.update(task, completed=self.state.step, info=f"{terms} | {record['tokens_per_second']:.0f} tok/s")
+                    self.display.update(completed=self.state.step, info=f"{terms} | {sum(token_counts) / max(sum(step_times), 1e-9):.0f} sequence tokens/s")
                 result.out_of_time = self._out_of_time() and self.state.step < self.total_steps
                 at_end = self.state.step == self.total_steps or result.out_of_time
                 if cfg.eval.every and (self.state.step % cfg.eval.every == 0) and not at_end:

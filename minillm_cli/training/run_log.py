@@ -1,8 +1,7 @@
-"""What a run records and shows: ``metrics.jsonl`` and TensorBoard scalars (main process), the progress bar."""
+"""What a run records: ``metrics.jsonl`` and TensorBoard scalars (main process); training/display.py shows it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -42,14 +41,3 @@ class RunLog:
             self._tensorboard.close()
             self._tensorboard = None
 
-
-def progress_display(console, enabled: bool):
-    """A rich progress bar for the training steps, or a do-nothing context (``None``) when not shown."""
-    if not enabled:
-        return contextlib.nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
-    )
