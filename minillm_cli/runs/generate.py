@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from ..atomic import atomic_open, check_output_file
 from ..errors import MinillmError
 from ..models.device import pick_device
-from ..models.generation import GenerationStats, SamplingConfig, generate, generate_with_progress
+from ..models.generation import GenerationStats, SamplingConfig, generate_with_progress
 from ..serving.client import is_served
 
 

@@ -104,3 +104,26 @@ class Decoder:
 def pick(logprobs, tokens):
     """logprobs[b, tokens[b]] for each row b."""
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def check_rollout_request(alpha: float, sampling: SamplingConfig, prompts) -> None:
+    """The checks every rollout sampler makes before it starts (a teacher mix in [0, 1], no empty prompt, no
+    n-gram filter: rollouts' log-probs must be the models' own)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise MinillmError(f"alpha (teacher mix) must be in [0, 1], got {alpha}")
+    if any(len(p) == 0 for p in prompts):
+        raise MinillmError("a prompt has no tokens; sampling needs at least one prompt token")
+    if sampling.no_repeat_ngram_size:
+        raise MinillmError("no_repeat_ngram_size is not supported for rollouts (their log-probs would not be q's)")
+
+
+def seeded_generator(device, seed):
+    """The token stream of a rollout: a torch.Generator on ``device``, seeded once with ``seed`` (None: at random)."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator

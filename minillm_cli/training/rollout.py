@@ -60,7 +60,7 @@ from ..errors import MinillmError
 from ..models.forward import inference
 from ..models.generation import SamplingConfig, left_pad
 from .coin_sampling import COIN_MODES, Coins, needs_eager_teacher, sample_chunk_with_coins
-from .decoding import Decoder, draw, mix_logprobs, model_width
+from .decoding import Decoder, check_rollout_request, draw, mix_logprobs, model_width, seeded_generator
 
 
 @dataclass
@@ -168,18 +168,12 @@ def sample_rollouts(
     With a seed the result is a function of (seed, prompts, batch_size, coins): one torch.Generator, seeded
     once, draws every token, and one on the CPU, seeded from the same seed, every coin.
     """
-    import torch
 
-    if not 0.0 <= alpha <= 1.0:
-        raise MinillmError(f"alpha (teacher mix) must be in [0, 1], got {alpha}")
+    check_rollout_request(alpha, sampling, prompts)
     if coins not in COIN_MODES:
         raise MinillmError(f"coins must be one of {', '.join(COIN_MODES)}, got {coins!r}")
     if batch_size < 1:
         raise MinillmError(f"batch size must be >= 1, got {batch_size}")
-    if any(len(p) == 0 for p in prompts):
-        raise MinillmError("a prompt has no tokens; sampling needs at least one prompt token")
-    if sampling.no_repeat_ngram_size:
-        raise MinillmError("no_repeat_ngram_size is not supported for rollouts (their log-probs would not be q's)")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise MinillmError("the tokenizer has no end-of-sequence token; responses cannot end")
@@ -198,12 +192,7 @@ def sample_rollouts(
         )
 
     device = next(student.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-
+    generator = seeded_generator(device, seed)
     result = Rollouts([], [], [], [], [], [], alpha=alpha)
     flipper = Coins(coins, alpha, seed)
     with inference(student, teacher):

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..errors import MinillmError
 from ..models.generation import SamplingConfig, left_pad
 from .coin_sampling import Coins, needs_eager_teacher
-from .decoding import Decoder, draw, mix_logprobs, pick
+from .decoding import Decoder, check_rollout_request, draw, mix_logprobs, pick, seeded_generator
 from .rollout import Rollouts
 
 
@@ -41,22 +41,15 @@ def sample_served_rollouts(
 
     from ..models.forward import inference
 
-    if not 0.0 <= alpha <= 1.0:
-        raise MinillmError(f"alpha (teacher mix) must be in [0, 1], got {alpha}")
+    check_rollout_request(alpha, sampling, prompts)
     if needs_eager_teacher(coins, alpha, sampling):
         raise MinillmError(
             "a served teacher samples with coins (objective.mix_coins step or row): the eager sampler (mix_coins "
             "none, or greedy decoding with 0 < alpha < 1) needs the teacher's whole distribution at every step")
-    if sampling.no_repeat_ngram_size:
-        raise MinillmError("no_repeat_ngram_size is not supported for rollouts (their log-probs would not be q's)")
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(student.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    generator = seeded_generator(device, seed)
     result = Rollouts([], [], [], [], [], [], alpha=alpha)
     flipper = Coins(coins, alpha, seed)
     with inference(student):
