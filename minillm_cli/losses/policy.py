@@ -194,7 +194,7 @@ def _closed_form_chunk(student, teacher, student_chunk, teacher_chunk, chunk_ind
             t = teacher.head(teacher_chunk).to(dtype)
             log_p = t.sub_(torch.logsumexp(t, dim=-1, keepdim=True))
             d = log_p.neg_().add_(z).sub_(lse)                                  # log q − log p
-            kl = (q * d).sum(-1)
+            kl = torch.bmm(q.unsqueeze(1), d.unsqueeze(2)).view(-1)          # Σ_v q (log q − log p), no [c, V] copy
             weight = tokens.single_weights[sl].to(dtype)
             grad = d.sub_(kl.unsqueeze(-1)).mul_(q).mul_(weight.unsqueeze(-1))  # w · q ⊙ (log q − log p − K)
             single_sum = (kl * weight).sum()
