@@ -31,3 +31,53 @@ def test_fused_skew_kl_gradients_stay_finite_past_log_ratio_88(name, alpha):
     assert torch.isfinite(grad).all()
     torch.testing.assert_close(float(value.detach()), float(exact.detach()), rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-5, atol=1e-6)
+
+
+# --- no non-finite exports --------------------------------------------------------------------------------------
+
+TINY = ["train.steps=3", "train.batch_size=2", "train.schedule=constant", "train.warmup_steps=0", "eval.every=0",
+        "eval.before_after=false", "eval.rouge_examples=0", "eval.max_examples=4", "data.limit=20",
+        "data.max_response_tokens=16"]
+
+
+def distill(capsys, tiny_models, output, *extra, objective="kd"):
+    from conftest import run_cli
+
+    teacher, student = tiny_models("llama", layers=3, seed=2), tiny_models("llama", seed=1)
+    return run_cli(capsys, "distill", "--teacher", teacher, "--student", student, "--objective", objective,
+                   "--no-progress", "--output-dir", output, *TINY, *extra)
+
+
+def error_lines(err: str) -> list:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_refused_in_the_config(capsys, value):
+    from conftest import run_cli
+
+    code, _, err = run_cli(capsys, "distill", "--print-config", f"train.lr={value}")
+    assert code == 2 and "train.lr" in err and "expected a finite number" in err
+
+
+def test_weights_gone_non_finite_are_never_exported(capsys, tiny_models, tmp_path, monkeypatch):
+    """A learning rate so large that the first update overflows: the later steps are skipped, and final/ and best/
+    must not receive NaN weights (they did, with exit 0)."""
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    code, _, err = distill(capsys, tiny_models, tmp_path / "run", "train.lr=1e38", "eval.before_after=true")
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "not finite" in line and "nothing was exported" in line and "train.lr" in line
+    assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "run" / "best").exists()
+
+
+def test_a_run_whose_every_step_was_skipped_fails(tmp_path, tiny_models):
+    from test_faults_numerics import _engine, faulty
+    from minillm_cli.models.load import load_tokenizer, resolve_model
+    from minillm_cli.training.numerics import NonFiniteStepsError
+
+    ref = resolve_model(str(tiny_models("llama", seed=1)))
+    engine = _engine((ref, load_tokenizer(ref)), tmp_path, faulty(nan=(0, 1)), steps=2, max_bad_steps=0)
+    with pytest.raises(NonFiniteStepsError, match="all 2 step"):
+        engine.run()
+    assert not (tmp_path / "final").exists()

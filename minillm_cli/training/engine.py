@@ -24,6 +24,7 @@ from .checkpoint import TrainerState, export_model, load_checkpoint, save_checkp
 from ..models.forward import forward_hidden
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
+from .numerics import refuse_untrained
 from .run_log import RunLog, progress_display
 from .streams import ExampleStream, StopFlag
 
@@ -364,6 +365,8 @@ class Engine:
         if key not in results:
             return False
         value = results[key]
+        if not math.isfinite(value):   # a NaN loss is never the best model
+            return False
         best = self.state.best_metric
         better = best is None or (value > best if key == "valid_rougeL" else value < best)
         if better:
@@ -448,6 +451,7 @@ class Engine:
                         )
                     break
         if not result.interrupted:
+            refuse_untrained(self.state, self.output_dir, self.run_log)   # every step skipped: nothing to export
             final = self._validate_and_select()
             result.after = final
             self.save()

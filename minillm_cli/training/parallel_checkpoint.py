@@ -209,9 +209,15 @@ def _copy(params: dict, weights: dict) -> None:
 
 def export_parallel(engine, out: Path, meta: dict, export_model):
     """Every process takes part (ZeRO-3 gathers the weights); the main process writes ``out``."""
+    from .numerics import nonfinite_parameter, nonfinite_weights_error
+
     accelerator = engine.accelerator
     path = None
     with gathered(engine.unwrapped(), accelerator) as model:
+        # Every process holds the same (gathered) weights, so every process refuses together.
+        bad = nonfinite_parameter(model)
+        if bad is not None:
+            raise nonfinite_weights_error(bad, engine.state, engine.config.train.lr)
         if accelerator.is_main_process:
             if hasattr(engine.model, "peft_config"):
                 from .lora import export_lora
