@@ -81,3 +81,23 @@ def test_a_run_whose_every_step_was_skipped_fails(tmp_path, tiny_models):
     with pytest.raises(NonFiniteStepsError, match="all 2 step"):
         engine.run()
     assert not (tmp_path / "final").exists()
+
+
+# --- exports follow the umask -------------------------------------------------------------------------------------
+
+
+def test_every_written_file_follows_the_umask(capsys, tiny_models, tmp_path, monkeypatch):
+    """safetensors creates its files 0600: exported weights were unreadable to the other users of a machine."""
+    import os
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    old = os.umask(0o022)
+    try:
+        code, _, err = distill(capsys, tiny_models, tmp_path / "run", "train.steps=1")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    modes = {p.relative_to(tmp_path / "run").as_posix(): p.stat().st_mode & 0o777
+             for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert "final/model.safetensors" in modes and "checkpoints/step-000001/student.safetensors" in modes
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
