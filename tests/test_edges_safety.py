@@ -101,3 +101,37 @@ def test_every_written_file_follows_the_umask(capsys, tiny_models, tmp_path, mon
              for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert "final/model.safetensors" in modes and "checkpoints/step-000001/student.safetensors" in modes
     assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
+
+
+# --- a user error in several processes ----------------------------------------------------------------------------
+
+
+def test_a_user_error_in_launched_processes_is_printed_once(tiny_models, tmp_path):
+    """Each process printed the line, then torch elastic added its ChildFailedError traceback (exit 1)."""
+    import os
+    import subprocess
+    import sys
+
+    teacher, student = tiny_models("llama", layers=3, seed=2), tiny_models("llama", seed=1)
+    env = {**os.environ, "MINILLM_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "minillm_cli", "distill", "--num-processes", "2", "--teacher", str(teacher),
+         "--student", str(student), "--no-progress", "--output-dir", str(tmp_path / "run"), "train.lr=fast"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert lines == ["error: 1 problem in the command line: override 'train.lr=fast': expected a number, got 'fast'"], lines
+
+
+def test_the_launcher_reports_each_distinct_line_in_rank_order(tmp_path, monkeypatch):
+    from minillm_cli.runs.launch import ERRORS_VARIABLE, report_to_launcher, reported_errors
+
+    assert not report_to_launcher("alone")                      # not launched: the caller prints it
+    monkeypatch.setenv(ERRORS_VARIABLE, str(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for rank, message in ((2, "disk full"), (0, "bad lr"), (1, "bad lr")):
+        monkeypatch.setenv("RANK", str(rank))
+        assert report_to_launcher(message)
+    assert reported_errors(tmp_path) == ["bad lr", "disk full"]
