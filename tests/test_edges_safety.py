@@ -135,3 +135,162 @@ def test_the_launcher_reports_each_distinct_line_in_rank_order(tmp_path, monkeyp
         monkeypatch.setenv("RANK", str(rank))
         assert report_to_launcher(message)
     assert reported_errors(tmp_path) == ["bad lr", "disk full"]
+
+
+# --- resume writes where it is pointed -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_models, tmp_path_factory):
+    """A finished one-step kd run started in its own working directory with the relative --output-dir runs/default."""
+    import os
+
+    from minillm_cli.cli import main
+
+    root = tmp_path_factory.mktemp("edges-run")
+    teacher, student = tiny_models("llama", layers=3, seed=2), tiny_models("llama", seed=1)
+    previous, home = os.getcwd(), os.environ.get("MINILLM_HOME")
+    os.chdir(root)
+    os.environ["MINILLM_HOME"] = str(root / "home")
+    try:
+        main(["distill", "--teacher", str(teacher), "--student", str(student), "--objective", "kd", "--no-progress",
+              "--output-dir", "runs/default", *TINY, "train.steps=1"])
+    except SystemExit as exc:
+        assert not exc.code, exc
+    finally:
+        os.chdir(previous)
+        os.environ.pop("MINILLM_HOME") if home is None else os.environ.__setitem__("MINILLM_HOME", home)
+    return root / "runs" / "default"
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_run(finished_run, target):
+    import shutil
+
+    shutil.copytree(finished_run, target)
+    return target
+
+
+def test_resuming_a_copied_run_from_elsewhere_writes_only_into_the_copy(finished_run, tmp_path, capsys, monkeypatch):
+    """The checkpoint's config says output_dir: runs/default (relative to where the run started): resuming the copy
+    from another working directory wrote into ./runs/default there, or into the original run."""
+    import json
+
+    from conftest import run_cli
+
+    original = snapshot(finished_run)
+    copy = copy_run(finished_run, tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    code, _, err = run_cli(capsys, "distill", "--resume", str(copy), "train.steps=2", "--no-progress")
+    assert code == 0, err
+    assert snapshot(finished_run) == original                          # the original run is untouched
+    assert list(elsewhere.iterdir()) == []                             # nothing in the working directory
+    assert (copy / "checkpoints" / "step-000002").is_dir()
+    assert json.loads((copy / "final" / "minillm.json").read_text())["step"] == 2
+    # Pointed at one checkpoint, the run is the one holding it.
+    code, _, err = run_cli(capsys, "distill", "--resume", str(copy / "checkpoints" / "step-000002"),
+                           "--output-dir", str(tmp_path / "another"), "--no-progress")
+    assert code == 2 and "drop --output-dir" in error_lines(err)[0]
+
+
+def test_a_changed_config_on_resume_is_refused_naming_each_key(finished_run, tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    copy = copy_run(finished_run, tmp_path / "copy")
+    before = snapshot(copy)
+    code, _, err = run_cli(capsys, "distill", "--resume", str(copy), "objective.name=rkl", "train.lr=1e-3",
+                           "train.steps=2", "--no-progress")
+    assert code == 2, err
+    (line,) = error_lines(err)
+    assert "objective.name: 'kd' → 'rkl'" in line and "train.lr: 0.0005 → 0.001" in line
+    assert "train.steps" not in line and "--allow-changes" in line
+    assert snapshot(copy) == before
+    code, _, err = run_cli(capsys, "distill", "--resume", str(copy), "train.lr=1e-3", "train.steps=2",
+                           "--allow-changes", "--no-progress")
+    assert code == 0, err
+    assert "train.lr: 0.0005 → 0.001" in " ".join(err.split()) and (copy / "checkpoints" / "step-000002").is_dir()
+
+
+# --- folders of runs that never reached a checkpoint ----------------------------------------------------------------
+
+
+def test_a_folder_left_before_the_first_checkpoint_is_reused_with_a_warning(capsys, tiny_models, tmp_path, monkeypatch):
+    """A run that crashed before its first checkpoint left run_info.json, metrics and a half-written save: the folder
+    'already held a run', and --resume then found nothing."""
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000001").mkdir(parents=True)          # no manifest: the save never finished
+    (run / "run_info.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    code, _, err = distill(capsys, tiny_models, run, "train.steps=1")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "before its first checkpoint" in " ".join(err.split())
+    assert (run / "final" / "minillm.json").is_file() and (run / "checkpoints" / "step-000001" / "manifest.json").is_file()
+
+
+def test_a_users_own_final_folder_is_never_called_a_run(capsys, tiny_models, tmp_path):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model.safetensors").write_bytes(b"mine")
+    code, _, err = distill(capsys, tiny_models, run)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "not a model minillm exported" in line and "--resume" not in line
+    assert (run / "final" / "model.safetensors").read_bytes() == b"mine"
+
+
+# --- a full disk at any moment of a save ---------------------------------------------------------------------------
+
+
+def _torch_writer_full(*args, **kwargs):
+    # What torch.save raises when the disk fills during its zip writer's output (measured on a full tmpfs).
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5184 vs 5076")
+
+
+def _safetensors_full(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def _metrics_full(self, record):
+    import errno
+    import os
+
+    if record.get("step") == 2:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["torch-writer", "export", "metrics"])
+def test_a_full_disk_gives_the_one_line_wherever_it_strikes(finished_run, tmp_path, capsys, monkeypatch, where):
+    """torch's writer reports a full disk as RuntimeError 'unexpected pos' (a traceback at some fill levels), an export
+    or a metrics line could fail on it too: each gives the one line, and the last complete checkpoint stays."""
+    import torch
+
+    from conftest import run_cli
+    from minillm_cli.training import engine, run_log
+    from minillm_cli.training.checkpoint import list_checkpoints, verify_checkpoint
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    copy = copy_run(finished_run, tmp_path / "copy")
+    target = {"torch-writer": (torch, "save", _torch_writer_full), "export": (engine, "export_model", _safetensors_full),
+              "metrics": (run_log.RunLog, "_write", _metrics_full)}[where]
+    monkeypatch.setattr(*target)
+    code, _, err = run_cli(capsys, "distill", "--resume", str(copy), "train.steps=2", "--no-progress")
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: cannot save ") and "Traceback" not in err, err
+    assert "free disk space" in lines[-1] and "is intact" in lines[-1]
+    if where != "metrics":
+        assert "full" in lines[-1] or "no space left on device" in lines[-1]
+    complete = [p.name for p in list_checkpoints(copy) if verify_checkpoint(p) is None]
+    assert complete and complete[-1] in lines[-1]
+    assert not [p for p in (copy / "checkpoints").iterdir() if ".tmp-" in p.name]

@@ -134,7 +134,7 @@ def run_launcher(argv: Sequence[str]) -> int:
 
 def distill_args(
     *, overrides: Sequence[str], recipe: Optional[str], options: dict, resume: Optional[str], overwrite: bool,
-    print_config: bool, progress: bool,
+    print_config: bool, progress: bool, allow_changes: bool = False,
 ) -> list[str]:
     """``distill`` with the same meaning as the command that was typed, without its launch options: what every
     launched process runs. ``options`` are the config-valued flags (dotted keys), passed on as overrides."""
@@ -145,6 +145,8 @@ def distill_args(
         args += ["--resume", resume]
     if overwrite:
         args.append("--overwrite")
+    if allow_changes:
+        args.append("--allow-changes")
     if print_config:
         args.append("--print-config")
     if not progress:

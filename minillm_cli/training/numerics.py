@@ -46,7 +46,7 @@ def too_many_bad_steps(step: int, count: int, term: Optional[str], output_dir: P
 
     good = [p for p in list_checkpoints(output_dir) if verify_checkpoint(p, full=False) is None]
     last = f"last good checkpoint {good[-1]}" if good else "no checkpoint saved yet"
-    fix = f"resume from it with a lower learning rate (--resume {output_dir} train.lr=...)" if good else \
+    fix = f"resume from it with a lower learning rate (--resume {output_dir} --allow-changes train.lr=...)" if good else \
         "lower train.lr or check the data, then start again"
     return NonFiniteStepsError(
         f"stopped at step {step}: {count} steps in a row had a non-finite {term or 'loss'} (NaN or Inf) and were "
