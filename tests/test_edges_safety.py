@@ -269,6 +269,18 @@ def _metrics_full(self, record):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.parametrize("message", [
+    "[enforce fail at inline_container.cc:672] . unexpected pos 5184 vs 5076",     # measured on a full tmpfs
+    "basic_ios::clear: iostream error",                                            # the same, at another fill level
+])
+def test_torch_writer_failures_are_write_failures(message, tmp_path):
+    from minillm_cli.training.checkpoint import is_write_failure, write_failure_error
+
+    error = write_failure_error(RuntimeError(message), "checkpoint step-000002", tmp_path)
+    assert is_write_failure(RuntimeError(message)) and "disk is full" in str(error)
+    assert not is_write_failure(RuntimeError("CUDA error: device-side assert triggered"))   # a bug keeps its traceback
+
+
 @pytest.mark.parametrize("where", ["torch-writer", "export", "metrics"])
 def test_a_full_disk_gives_the_one_line_wherever_it_strikes(finished_run, tmp_path, capsys, monkeypatch, where):
     """torch's writer reports a full disk as RuntimeError 'unexpected pos' (a traceback at some fill levels), an export

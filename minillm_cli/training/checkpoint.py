@@ -167,9 +167,11 @@ def save_checkpoint(
     return target
 
 
-# How torch's zip writer reports a write the disk refused: its C++ stream checks the position after each write
-# ("unexpected pos N vs M" when a write fell short) or fails the write itself, and raises RuntimeError.
-_TORCH_WRITER_FAILURES = ("inline_container", "pytorchstreamwriter", "unexpected pos", "file write failed")
+# How torch's zip writer reports a write the disk refused, as RuntimeError (each seen on a full disk): its C++ stream
+# checks the position after each write ("unexpected pos N vs M" when one fell short), fails the write itself, or
+# fails to flush at the end ("basic_ios::clear: iostream error").
+_TORCH_WRITER_FAILURES = ("inline_container", "pytorchstreamwriter", "unexpected pos", "file write failed",
+                          "iostream error", "basic_ios")
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -188,8 +190,8 @@ def _write_reason(exc: BaseException) -> str:
         return exc.strerror.lower()
     lines = str(exc).strip().splitlines()
     first = lines[0] if lines else type(exc).__name__
-    if "unexpected pos" in text:   # torch's writer saw a write fall short: the disk is full (or failing)
-        return f"a write fell short, the disk is full or failing: {first}"
+    if any(mark in text for mark in _TORCH_WRITER_FAILURES):   # torch's writer says no more than that a write failed
+        return f"torch's writer failed, the disk is full or failing: {first}"
     return first
 
 
