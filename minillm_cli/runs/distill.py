@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,8 @@ def run_distill_command(
     from ..config.recipes import config_to_dict, dump_config, load_config
     from .resume import check_unchanged, output_dir_given, run_folder_of
 
-    console = Console(stderr=True)
+    # One process speaks for a multi-process run, warnings before the process group exists included.
+    console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
     warn = lambda message: console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)  # noqa: E731
     checkpoint = None
     if resume:
