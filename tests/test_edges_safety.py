@@ -281,6 +281,14 @@ def test_torch_writer_failures_are_write_failures(message, tmp_path):
     assert not is_write_failure(RuntimeError("CUDA error: device-side assert triggered"))   # a bug keeps its traceback
 
 
+def test_the_tokenizers_writer_failure_is_a_write_failure(tmp_path):
+    """tokenizers (Rust) raises a bare Exception on a full disk while an export saves tokenizer.json."""
+    from minillm_cli.training.checkpoint import write_failure_error
+
+    error = write_failure_error(Exception("No space left on device (os error 28)"), "final/ in run", tmp_path)
+    assert error is not None and "no space left on device" in str(error)
+
+
 @pytest.mark.parametrize("where", ["torch-writer", "export", "metrics"])
 def test_a_full_disk_gives_the_one_line_wherever_it_strikes(finished_run, tmp_path, capsys, monkeypatch, where):
     """torch's writer reports a full disk as RuntimeError 'unexpected pos' (a traceback at some fill levels), an export

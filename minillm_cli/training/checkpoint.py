@@ -175,10 +175,13 @@ _TORCH_WRITER_FAILURES = ("inline_container", "pytorchstreamwriter", "unexpected
 
 
 def is_write_failure(exc: BaseException) -> bool:
-    """OSError, or what torch/safetensors make of one (their C++/Rust writers re-raise it as their own type)."""
+    """OSError, or what torch/safetensors/tokenizers make of one (their C++/Rust writers re-raise it as their own
+    type: a Rust I/O error reads "No space left on device (os error 28)", raised by tokenizers as a bare Exception)."""
     if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
         return True
     text = str(exc).lower()
+    if "(os error " in text or "no space left" in text:
+        return True
     return isinstance(exc, RuntimeError) and ("writ" in text or any(mark in text for mark in _TORCH_WRITER_FAILURES))
 
 
