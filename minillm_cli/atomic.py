@@ -37,6 +37,22 @@ def fsync_tree(root: str | os.PathLike) -> None:
         fsync_directory(folder)
 
 
+def file_mode() -> int:
+    """The mode of an ordinary new file under this process's umask (0o644 under umask 022)."""
+    umask = os.umask(0)    # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give ``root`` (a file, or every file under a directory) an ordinary file's mode: safetensors' writer creates
+    its files private (0600), which other users of a shared machine cannot load."""
+    mode = file_mode()
+    paths = [root] if not os.path.isdir(root) else [os.path.join(d, n) for d, _, names in os.walk(root) for n in names]
+    for path in paths:
+        os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed."""
@@ -70,6 +86,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp.mkdir()
     try:
         yield tmp
+        follow_umask(tmp)
         fsync_tree(tmp)
         if path.exists():
             if not overwrite:

@@ -18,7 +18,7 @@ def test_launcher_command_runs_minillm_on_every_process():
     options = LaunchOptions(num_processes=4, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
                             main_process_port=29500)
     command = launcher_command(options, ["distill", "train.lr=1e-4"])
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "minillm_cli.runs.launch"]   # torch.distributed.run, quietly
     joined = " ".join(command)
     assert "--nproc_per_node 4 --nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29500" in joined
     assert command[-4:] == ["-m", "minillm_cli", "distill", "train.lr=1e-4"]

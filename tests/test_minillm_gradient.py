@@ -230,3 +230,43 @@ def test_training_with_the_default_options_lowers_the_exact_reverse_kl(tables):
             optimizer.step()
     after, _ = exact_reverse_kl_grad(param.detach(), phi)
     assert after < 0.5 * before, (before, after)
+
+
+def test_default_paper_options_give_the_exact_gradient_without_mixing(tables):
+    """The paper variant's defaults are the paper's estimator: rewards unscaled. (The reference scripts' scale 0.5,
+    the default before, weighted the long-term term twice against the single-step term: about half the gradient
+    off even here, at α = 0 without length normalisation.)"""
+    theta, phi = tables
+    _, exact = exact_reverse_kl_grad(theta, phi)
+    options = MiniLLMOptions(alpha=0.0, length_norm=False, lm_weight=0.0)
+    assert options.reward_scale == 1.0 and MiniLLMOptions(variant="reference").reward_scale == 0.5
+    samples = estimator_gradients(theta, phi, options, batches=60, seed=3)
+    z, mean = z_scores(samples, exact)
+    assert float(z.max()) < Z, float(z.max())
+    assert float((mean - exact.flatten()).norm() / exact.norm()) < 0.05
+
+
+def test_unbiased_variant_gives_the_exact_gradient_under_teacher_mixing(tables):
+    """variant=unbiased (products of the importance weights, plain sums) at α = 0.2: the mean of its gradients is
+    the exact reverse-KL gradient, where the paper's single-step weight is measurably off."""
+    theta, phi = tables
+    _, exact = exact_reverse_kl_grad(theta, phi)
+    options = MiniLLMOptions(alpha=0.2, variant="unbiased", reward_clip=1e9, lm_weight=0.0)
+    assert options.length_norm is False and options.reward_scale == 1.0 and options.validate() == []
+    samples = estimator_gradients(theta, phi, options, seed=4)
+    z, mean = z_scores(samples, exact)
+    assert float(z.max()) < Z, float(z.max())
+    assert float((mean - exact.flatten()).norm() / exact.norm()) < 0.05
+    paper = estimator_gradients(theta, phi, paper_options(0.2), batches=60, seed=4)
+    z_paper, _ = z_scores(paper, exact)
+    assert float(z_paper.max()) > 2 * Z, float(z_paper.max())
+    # Without the single-step term (returns from t on), the products still make it exact.
+    reinforce = estimator_gradients(theta, phi, MiniLLMOptions(alpha=0.2, variant="unbiased", single_step=False,
+                                                               reward_clip=1e9, lm_weight=0.0), batches=60, seed=5)
+    z_reinforce, _ = z_scores(reinforce, exact)
+    assert float(z_reinforce.max()) < Z, float(z_reinforce.max())
+
+
+def test_unbiased_variant_refuses_length_normalisation():
+    problems = MiniLLMOptions(variant="unbiased", length_norm=True).validate()
+    assert any("length_norm" in p and "unbiased" in p for p in problems), problems

@@ -146,7 +146,7 @@ def test_reference_whitening_is_global_over_micro_batches_and_processes():
 
 
 def test_paper_advantages_need_no_statistics():
-    objective = MiniLLM(MiniLLMOptions())
+    objective = MiniLLM(MiniLLMOptions(reward_scale=0.5))
     step = [fake_rollout(ROWS[:2]), fake_rollout(ROWS[2:], offsets=[2, 0])]
     objective.attach_advantages(step, lambda sums: pytest.fail("the paper variant has no global statistics"))
     expected = [py_paper(r) for r in ROWS]

@@ -85,7 +85,7 @@ def test_policy_loss_matches_a_float64_reference(variant, single, declared, chun
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     assert sums.ratio == pytest.approx(float(ratio.detach().sum()), rel=1e-10)
     assert sums.clipped == float((clipped != ratio).sum())
-    assert sums.pg + sums.single == pytest.approx(float(expected), rel=1e-9, abs=1e-12)
+    assert sums.pg + sums.single == pytest.approx(float(expected.detach()), rel=1e-9, abs=1e-12)
     assert (sums.single == 0.0) == (not single)
 
 

@@ -44,13 +44,15 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors are Typer's; a MinillmError becomes one line on stderr and exit status 2."""
     from ..training.distributed import quiet_deepspeed
-    from ..runs.launch import strip_local_rank
+    from ..runs.launch import report_to_launcher, strip_local_rank
 
     quiet_deepspeed()
     try:
         build_app()
         app(args=strip_local_rank(sys.argv[1:] if argv is None else argv), prog_name="minillm")
     except MinillmError as exc:
+        if report_to_launcher(str(exc)):   # one of several processes: the launching command prints it once
+            raise SystemExit(2) from None
         fail(str(exc))
     except OSError as exc:   # a path no check foresaw (read-only, too long, a file where a folder should be)
         fail(str(os_error(exc)))

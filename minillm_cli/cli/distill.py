@@ -17,8 +17,9 @@ def distill(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     trim_vocab: Optional[bool] = typer.Option(None, "--trim-vocab/--no-trim-vocab", help="Distil over the shared vocabulary when logit widths differ."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, … (default: cuda when available)."),
-    resume: Optional[str] = typer.Option(None, help="Resume from a checkpoint directory, a run's output directory, or 'auto'."),
+    resume: Optional[str] = typer.Option(None, help="Resume from a run's output directory (its newest complete checkpoint), one checkpoint directory, or 'auto' (the --output-dir's); the run continues in that folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's checkpoints, exports and metrics in the output directory."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: accept a config that differs from the checkpoint's in keys that steer training (the run then does not continue exactly); without it such a resume is refused, naming each changed key."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress display."),
     num_processes: Optional[int] = typer.Option(None, help="Training processes on this machine (one per GPU; on CPU, processes sharing the cores); >1 starts them through torch.distributed.run.", rich_help_panel="Scaling out"),
@@ -49,9 +50,10 @@ def distill(
     launch.check()   # --num-processes 0 is an error, not one process
     if launch.wanted() and not inside_launcher() and not print_config:
         args = distill_args(overrides=overrides or [], recipe=recipe, options=options, resume=resume,
-                            overwrite=overwrite, print_config=print_config, progress=progress)
+                            overwrite=overwrite, print_config=print_config, progress=progress,
+                            allow_changes=allow_changes)
         raise typer.Exit(relaunch(launch, args))
     run_distill_command(
         overrides=overrides or [], recipe=recipe, resume=resume, print_config=print_config, progress=progress,
-        overwrite=overwrite, options=options,
+        overwrite=overwrite, options=options, allow_changes=allow_changes,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -306,6 +307,8 @@ def check_value(value, tp, choices: Optional[Sequence] = None, rule: Optional[Ru
         return f"expected {describe_type(tp)}, got {show_value(value)}", value
     if converted is None:
         return None, converted
+    if _holds_nonfinite(converted):   # YAML's .inf and .nan are floats: no setting means them (an .inf lr is NaN weights)
+        return f"expected a finite number, got {show_value(value)}", value
     if choices is not None and converted not in choices:
         members = _union_members(tp)
         options = ", ".join(choices) + (" or null" if members and type(None) in members else "")
@@ -321,6 +324,14 @@ def check_value(value, tp, choices: Optional[Sequence] = None, rule: Optional[Ru
         if not good:
             return f"{explanation}, got {show_value(value)}", value
     return None, converted
+
+
+def _holds_nonfinite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nonfinite(item) for item in value)
+    return False
 
 
 def check_field(value, f: dataclasses.Field, tp) -> tuple[Optional[str], Any]:

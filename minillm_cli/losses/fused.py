@@ -289,9 +289,11 @@ def _closed_form(name, weight, student_logits, make_teacher, *, owned: bool, ce=
                 del log_m
                 values = _rowdot(p, d)
                 del p
-                g = d.exp_().mul_(-(1.0 - weight))                           # −(1 − α) p / m
+                # q ⊙ g = −(1 − α) q p / m, formed in log space: p / m alone overflows float32 once log(p / q)
+                # passes 88 at α = 0, while q p / m ≤ p / (1 − α) stays bounded.
+                h = d.add_(log_q).add_(math.log1p(-weight) if weight < 1.0 else -math.inf).exp_().neg_()
                 q = log_q.exp_()
-                grad = g.sub_(_rowdot(q, g).unsqueeze(-1)).mul_(q)
+                grad = h.addcmul_(q, h.sum(-1, keepdim=True), value=-1.0)   # q ⊙ (g − Σ q g)
             else:  # srkl
                 log_m = mixture(log_q, weight, log_p)
                 del log_p, t
@@ -299,7 +301,10 @@ def _closed_form(name, weight, student_logits, make_teacher, *, owned: bool, ce=
                 d = log_q.sub_(log_m)                                        # log q − log m
                 del log_m
                 values = _rowdot(q, d)
-                g = d.sub_(d.exp().mul_(weight))                             # d − α q / m
+                if weight > 0.0:   # α q / m = exp(d + log α) ≤ 1; α·exp(d) overflows (0·inf at α = 0) past d = 88
+                    g = d.sub_(torch.add(d, math.log(weight)).exp_())         # d − α q / m
+                else:
+                    g = d
                 grad = g.sub_(_rowdot(q, g).unsqueeze(-1)).mul_(q)
             if ce is not None:
                 ce_sum = (lse.squeeze(-1) - picked).sum()
@@ -308,7 +313,9 @@ def _closed_form(name, weight, student_logits, make_teacher, *, owned: bool, ce=
         if ce is not None:
             grad.scatter_add_(-1, labels.unsqueeze(-1),
                               torch.full((grad.shape[0], 1), -ce_weight, dtype=grad.dtype, device=grad.device))
-        if not bool(torch.isfinite(values).all()):  # a non-finite gradient entry always shows in its row's value
+        # Every gradient entry above is bounded where its row's value is finite (ratios formed in log space), so a
+        # non-finite entry always shows in its row's value.
+        if not bool(torch.isfinite(values).all()):
             return None
     return values.sum(), ce_sum, grad.to(student_logits.dtype)
 

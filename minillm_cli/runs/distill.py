@@ -9,21 +9,27 @@ from typing import Optional
 
 def run_distill_command(
     *, overrides, recipe: Optional[str], resume: Optional[str], print_config: bool, progress: bool, options: dict,
-    overwrite: bool = False,
+    overwrite: bool = False, allow_changes: bool = False,
 ):
     from rich.console import Console
     from rich.markup import escape
 
     from ..atomic import check_output_folder
     from ..training.checkpoint import find_resume_checkpoint
-    from ..config.recipes import dump_config, load_config
+    from ..config.recipes import config_to_dict, dump_config, load_config
+    from .resume import check_unchanged, output_dir_given, run_folder_of
 
-    console = Console(stderr=True)
+    # One process speaks for a multi-process run, warnings before the process group exists included.
+    console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
+    warn = lambda message: console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)  # noqa: E731
     checkpoint = None
     if resume:
-        output_dir = options.get("output_dir") or _output_dir_of(recipe, overrides, options)
-        warn = lambda message: console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)  # noqa: E731
+        given = output_dir_given(options, overrides)
+        output_dir = resume if resume not in ("auto", "latest") else given or _output_dir_of(recipe, overrides, options)
         checkpoint = find_resume_checkpoint(resume, Path(output_dir), warn=warn)
+        run_folder = run_folder_of(resume, checkpoint, given)
+        if run_folder is not None:   # the folder --resume points at, never the output_dir saved in the checkpoint
+            options = {**options, "output_dir": str(run_folder)}
         if recipe is None:
             # The run continues with the config it was started with, plus whatever this command overrides.
             recipe = str(checkpoint / "config.yaml")
@@ -39,15 +45,17 @@ def run_distill_command(
         from ..models.device import pick_device
 
         pick_device(config.device)
-    if checkpoint is None:
+    if checkpoint is not None:
+        check_unchanged(checkpoint, config_to_dict(config, objective_options), allow_changes, warn)
+    else:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
     warm = None
     if checkpoint is None and config.warm_start.steps > 0:
         warm_objective = config.warm_start.objective
-        config, warm = _warm_start(config, console=console, progress=progress, overwrite=overwrite)
+        config, warm = _warm_start(config, console=console, progress=progress, overwrite=overwrite, warn=warn)
         config_yaml = dump_config(config, objective_options)
     result = _train(config, objective_options, console=console, progress=progress, config_yaml=config_yaml,
-                    checkpoint=checkpoint, overwrite=overwrite)
+                    checkpoint=checkpoint, overwrite=overwrite, warn=warn)
     if warm is not None:   # the warm-started student (its best export) is this run's "before"
         columns = [("before", warm.before), (f"after {warm_objective}", result.before),
                    (f"after {config.objective['name']}", result.after)]
@@ -68,7 +76,7 @@ def names_objective(overrides, options) -> bool:
     return any(str(item).split("=", 1)[0].strip() in ("objective", "objective.name") for item in overrides or [])
 
 
-def _warm_start(config, *, console, progress: bool, overwrite: bool):
+def _warm_start(config, *, console, progress: bool, overwrite: bool, warn):
     """Run the warm start (``config.warm_start``) in OUTPUT/warm_start unless a finished one is there, and return
     the main run's config (its student: the warm start's best export, or final) with the warm start's result
     (None when an earlier one was reused)."""
@@ -92,7 +100,7 @@ def _warm_start(config, *, console, progress: bool, overwrite: bool):
         from ..config.recipes import dump_config
 
         result = _train(warm, options, console=console, progress=progress, config_yaml=dump_config(warm, options),
-                        checkpoint=None, overwrite=True, label="warm start")
+                        checkpoint=None, overwrite=True, warn=warn, label="warm start")
     else:
         console.print(f"warm start: reusing {warm_dir} (pass --overwrite to redo it)")
     export = warm_dir / "best" if (warm_dir / "best").is_dir() else warm_dir / "final"
@@ -103,7 +111,7 @@ def _warm_start(config, *, console, progress: bool, overwrite: bool):
 
 
 def _train(config, objective_options, *, console, progress: bool, config_yaml: str, checkpoint, overwrite: bool,
-           label: str = "minillm distill"):
+           warn, label: str = "minillm distill"):
     """Prepare and run one training run (the engine), with its run_info, resume and interruption handling."""
     from rich.markup import escape
 
@@ -120,7 +128,7 @@ def _train(config, objective_options, *, console, progress: bool, config_yaml: s
     console.quiet = not engine.accelerator.is_main_process   # one process speaks for a multi-process run
     if checkpoint is None and engine.accelerator.is_main_process:
         # Only now, with models and data loaded and checked: bad input never costs the earlier run its files.
-        _claim_output_dir(Path(config.output_dir), overwrite)
+        _claim_output_dir(Path(config.output_dir), overwrite, warn=warn)
     engine.accelerator.wait_for_everyone()
     if engine.accelerator.is_main_process:
         from .run_info import collect_run_info, write_run_info
@@ -164,28 +172,50 @@ def _train(config, objective_options, *, console, progress: bool, config_yaml: s
 RUN_OUTPUTS = ("checkpoints", "final", "best", "metrics.jsonl", "tensorboard", "run_info.json")
 
 
-def _claim_output_dir(output_dir: Path, overwrite: bool, remove: bool = True) -> None:
-    """A new run never mixes its checkpoints and metrics with an earlier run's; ``remove=False`` only checks."""
+def _claim_output_dir(output_dir: Path, overwrite: bool, remove: bool = True, warn=None) -> None:
+    """A new run never mixes its checkpoints and metrics with an earlier run's; ``remove=False`` only checks.
+
+    What a run left before its first complete checkpoint (run_info.json, metrics, a half-written save) holds
+    nothing to resume: it is cleared with a warning. A run with a checkpoint or an export is kept unless
+    ``overwrite``; so is a final/ or best/ that minillm did not write (the user's own model)."""
     import shutil
 
-    from ..training.checkpoint import list_checkpoints
     from ..errors import MinillmError
 
     existing = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
     if not existing:
         return
     if not overwrite:
-        latest = list_checkpoints(output_dir)
-        held = f" (checkpoints up to {latest[-1].name})" if latest else ""
-        raise MinillmError(
-            f"output directory '{output_dir}' already holds a run{held}; pass --resume {output_dir} to continue "
-            "it, --overwrite to start over, or another --output-dir"
-        )
+        problem = _kept_run(output_dir)
+        if problem:
+            raise MinillmError(problem)
     if not remove:
         return
+    if not overwrite and warn is not None:
+        warn(f"output directory '{output_dir}' holds what a run left before its first checkpoint "
+             f"({', '.join(existing)}); nothing there can be resumed, so this run starts over in it")
     for name in existing:
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _kept_run(output_dir: Path) -> Optional[str]:
+    """Why ``output_dir`` cannot be reused without --overwrite, or None when it holds nothing worth keeping."""
+    from ..training.checkpoint import list_checkpoints, verify_checkpoint
+
+    complete = [p for p in list_checkpoints(output_dir) if verify_checkpoint(p, full=False) is None]
+    if complete:
+        return (f"output directory '{output_dir}' already holds a run (checkpoints up to {complete[-1].name}); "
+                f"pass --resume {output_dir} to continue it, --overwrite to start over, or another --output-dir")
+    for name in ("final", "best"):
+        export = output_dir / name
+        if export.exists() and not (export / "minillm.json").is_file():
+            return (f"'{export}' is not a model minillm exported (no minillm.json) and a run would replace it; "
+                    "move it, pick another --output-dir, or pass --overwrite to replace it")
+        if export.exists():
+            return (f"output directory '{output_dir}' holds a finished run ({name}/) but no checkpoint to resume; "
+                    "pass --overwrite to start over, or another --output-dir")
+    return None
 
 
 def _output_dir_of(recipe, overrides, options) -> str:

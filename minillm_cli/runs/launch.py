@@ -5,6 +5,11 @@ process running the same ``minillm distill`` command without the launch options.
 Inside a launched process (``LOCAL_RANK`` and ``WORLD_SIZE`` set: by this module, ``torchrun``, ``accelerate
 launch`` or the ``deepspeed`` launcher) the launch options are ignored and the run joins the process group: the
 same command works under any launcher (docs/scaling.md).
+
+A user error (``MinillmError``) in the launched processes is reported once: each process leaves its line in a
+folder the launching command names (``MINILLM_LAUNCH_ERRORS``) instead of printing it, the launcher (this module,
+run as ``python -m minillm_cli.runs.launch``: ``torch.distributed.run`` without its ``ChildFailedError``
+traceback) stops quietly, and the launching command prints the line and exits 2.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import MinillmError
@@ -58,7 +65,7 @@ def launcher_command(options: LaunchOptions, module_args: Sequence[str]) -> list
     addr = options.main_process_ip or "127.0.0.1"
     port = options.main_process_port or free_port()
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "minillm_cli.runs.launch",
         "--nproc_per_node", str(nproc), "--nnodes", str(options.num_machines),
         "--node_rank", str(options.machine_rank), "--master_addr", addr, "--master_port", str(port),
         "-m", "minillm_cli", *module_args,
@@ -75,12 +82,59 @@ def relaunch(options: LaunchOptions, module_args: Sequence[str]) -> int:
     nproc = options.num_processes or 1
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.run(launcher_command(options, module_args), env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="minillm-launch-") as errors:
+        env[ERRORS_VARIABLE] = errors
+        code = subprocess.run(launcher_command(options, module_args), env=env).returncode
+        messages = reported_errors(Path(errors)) if code else []
+    if messages:
+        raise MinillmError("; ".join(messages))
+    return code
+
+
+ERRORS_VARIABLE = "MINILLM_LAUNCH_ERRORS"
+
+
+def report_to_launcher(message: str) -> bool:
+    """In a process launched by ``relaunch``: leave the error line for the launching command to print once (every
+    process may fail the same way). False elsewhere: the caller prints it itself."""
+    folder = os.environ.get(ERRORS_VARIABLE)
+    if not folder or not inside_launcher() or not os.path.isdir(folder):
+        return False
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    Path(folder, f"rank-{rank:05d}").write_text(message, encoding="utf-8")
+    return True
+
+
+def reported_errors(folder: Path) -> list[str]:
+    """The distinct error lines the processes left in ``folder``, in rank order."""
+    lines = [path.read_text(encoding="utf-8").strip() for path in sorted(folder.glob("rank-*"))]
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+def run_launcher(argv: Sequence[str]) -> int:
+    """``torch.distributed.run ARGV`` that ends with the first failed process's exit status instead of a
+    ``ChildFailedError`` traceback: a user error's line is printed once by the launching command, and a crash's
+    traceback is already in that process's own output."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)   # its failure report repeats them
+    try:
+        run(get_args_parser().parse_args(list(argv)))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        folder = os.environ.get(ERRORS_VARIABLE)
+        if not (folder and reported_errors(Path(folder))):
+            sys.stderr.write(f"error: process {rank} exited with status {failure.exitcode}; its output is above\n")
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
 
 
 def distill_args(
     *, overrides: Sequence[str], recipe: Optional[str], options: dict, resume: Optional[str], overwrite: bool,
-    print_config: bool, progress: bool,
+    print_config: bool, progress: bool, allow_changes: bool = False,
 ) -> list[str]:
     """``distill`` with the same meaning as the command that was typed, without its launch options: what every
     launched process runs. ``options`` are the config-valued flags (dotted keys), passed on as overrides."""
@@ -91,6 +145,8 @@ def distill_args(
         args += ["--resume", resume]
     if overwrite:
         args.append("--overwrite")
+    if allow_changes:
+        args.append("--allow-changes")
     if print_config:
         args.append("--print-config")
     if not progress:
@@ -120,3 +176,7 @@ def strip_local_rank(args: Sequence[str]) -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(run_launcher(sys.argv[1:]))

@@ -158,36 +158,57 @@ def save_checkpoint(
                 write_extra(tmp)
             write_manifest(tmp)
     except Exception as exc:
-        if not _is_write_failure(exc):
+        error = write_failure_error(exc, f"checkpoint {target.name} in {target.parent}", output_dir, "the previous ")
+        if error is None:
             raise
-        kept = [p.name for p in list_checkpoints(output_dir) if verify_checkpoint(p, full=False) is None]
-        raise MinillmError(
-            f"cannot save checkpoint {target.name} in {target.parent} ({_write_reason(exc)}); "
-            + (f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists")
-            + f"; free disk space (or lower checkpoint.keep) and resume with --resume {output_dir}"
-        ) from exc
+        raise error from exc
     remove_stale_siblings(target.parent)
     _rotate(output_dir, keep, target)
     return target
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    """OSError, or what torch/safetensors make of one (their C++/Rust writers re-raise it as their own type)."""
-    if isinstance(exc, OSError):
+# How torch's zip writer reports a write the disk refused, as RuntimeError (each seen on a full disk): its C++ stream
+# checks the position after each write ("unexpected pos N vs M" when one fell short), fails the write itself, or
+# fails to flush at the end ("basic_ios::clear: iostream error").
+_TORCH_WRITER_FAILURES = ("inline_container", "pytorchstreamwriter", "unexpected pos", "file write failed",
+                          "iostream error", "basic_ios")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """OSError, or what torch/safetensors/tokenizers make of one (their C++/Rust writers re-raise it as their own
+    type: a Rust I/O error reads "No space left on device (os error 28)", raised by tokenizers as a bare Exception)."""
+    if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
         return True
     text = str(exc).lower()
-    return (isinstance(exc, RuntimeError) and "writ" in text) or type(exc).__name__ == "SafetensorError"
+    if "(os error " in text or "no space left" in text:
+        return True
+    return isinstance(exc, RuntimeError) and ("writ" in text or any(mark in text for mark in _TORCH_WRITER_FAILURES))
 
 
 def _write_reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    text = str(exc).lower()
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left" in text or "storagefull" in text:
         return "no space left on device"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
-    if "no space left" in str(exc).lower() or "storagefull" in str(exc).lower():
-        return "no space left on device"
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    first = lines[0] if lines else type(exc).__name__
+    if any(mark in text for mark in _TORCH_WRITER_FAILURES):   # torch's writer says no more than that a write failed
+        return f"torch's writer failed, the disk is full or failing: {first}"
+    return first
+
+
+def write_failure_error(exc: BaseException, what: str, output_dir: Path, previous: str = "") -> Optional[MinillmError]:
+    """The one line for a save that the disk refused (full, read-only, …), naming the newest complete checkpoint
+    that stays intact; None when ``exc`` is not a write failure (a bug: it keeps its traceback)."""
+    if not is_write_failure(exc):
+        return None
+    kept = [p.name for p in list_checkpoints(output_dir) if verify_checkpoint(p, full=False) is None]
+    return MinillmError(
+        f"cannot save {what} ({_write_reason(exc)}); "
+        + (f"{previous}checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists")
+        + f"; free disk space (or lower checkpoint.keep) and resume with --resume {output_dir}"
+    )
 
 
 def _rotate(output_dir: Path, keep: int, newest: Path) -> None:

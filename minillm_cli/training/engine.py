@@ -25,6 +25,7 @@ from ..models.forward import Forward, forward_hidden, output_head
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
 from .display import RunDisplay
+from .numerics import refuse_untrained
 from .run_log import RunLog
 from .streams import ExampleStream, StopFlag
 from .sampling_services import SamplingServices
@@ -334,6 +335,8 @@ class Engine(SamplingServices):
         if key not in results:
             return False
         value = results[key]
+        if not math.isfinite(value):   # a NaN loss is never the best model
+            return False
         best = self.state.best_metric
         better = best is None or (value > best if key == "valid_rougeL" else value < best)
         if better:
@@ -420,6 +423,7 @@ class Engine(SamplingServices):
                         )
                     break
         if not result.interrupted:
+            refuse_untrained(self.state, self.output_dir, self.run_log)   # every step skipped: nothing to export
             final = self._validate_and_select()
             result.after = final
             self.save()

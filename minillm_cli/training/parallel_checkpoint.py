@@ -209,15 +209,29 @@ def _copy(params: dict, weights: dict) -> None:
 
 def export_parallel(engine, out: Path, meta: dict, export_model):
     """Every process takes part (ZeRO-3 gathers the weights); the main process writes ``out``."""
+    from .numerics import nonfinite_parameter, nonfinite_weights_error
+
     accelerator = engine.accelerator
     path = None
     with gathered(engine.unwrapped(), accelerator) as model:
+        # Every process holds the same (gathered) weights, so every process refuses together.
+        bad = nonfinite_parameter(model)
+        if bad is not None:
+            raise nonfinite_weights_error(bad, engine.state, engine.config.train.lr)
         if accelerator.is_main_process:
-            if hasattr(engine.model, "peft_config"):
-                from .lora import export_lora
+            try:
+                if hasattr(engine.model, "peft_config"):
+                    from .lora import export_lora
 
-                path = export_lora(engine.model, engine.tokenizer, out, meta, merge=engine.config.train.lora.merge_on_export)
-            else:
-                path = export_model(model, engine.tokenizer, out, meta)
+                    path = export_lora(engine.model, engine.tokenizer, out, meta, merge=engine.config.train.lora.merge_on_export)
+                else:
+                    path = export_model(model, engine.tokenizer, out, meta)
+            except Exception as exc:   # a full disk: one line, the earlier export and the checkpoints intact
+                from .checkpoint import write_failure_error
+
+                error = write_failure_error(exc, f"{out.name}/ in {out.parent}", engine.output_dir)
+                if error is None:
+                    raise
+                raise error from exc
     _barrier(accelerator)
     return path

@@ -17,6 +17,17 @@ class RunLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
+        try:
+            self._write(record)
+        except Exception as exc:   # a full disk: the one line, not a traceback
+            from .checkpoint import write_failure_error
+
+            error = write_failure_error(exc, f"the metrics of step {record.get('step')} in {self.output_dir}", self.output_dir)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _write(self, record: dict) -> None:
         if self._metrics_file is None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_file = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")

@@ -143,16 +143,14 @@ def save(path: Path, tensors: dict, metadata: dict) -> Path:
 
     from safetensors.torch import save_file
 
-    from ..atomic import fsync_directory
+    from ..atomic import follow_umask, fsync_directory
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     meta = {"format": "minillm-topk-logits", "version": FORMAT_VERSION, **{k: str(v) for k, v in metadata.items()}}
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(partial), metadata=meta)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)   # an ordinary file's permissions (the writer may create it private)
+    follow_umask(partial)   # the writer creates it private
     os.replace(partial, path)
     fsync_directory(path.parent)
     return path

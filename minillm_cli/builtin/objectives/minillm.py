@@ -4,13 +4,15 @@ Per micro-batch, on a teacher-mixed rollout batch (``ctx.sample_mixed``, with th
 ``rollout``; its ``extras`` hold the log-probs recorded at sampling time, aligned with ``labels``: the rewards and
 importance weights below use those, and no teacher pass recomputes them):
 
-- rewards r_t = (log p(y_t) − log q_θold(y_t)) / reward_scale, clipped to ±reward_clip (detached: both are
-  recorded at sampling, the teacher is frozen);
+- rewards r_t = (log p(y_t) − log q_θold(y_t)) / reward_scale (1, or 0.5 in the reference variant), clipped to
+  ±reward_clip (detached: both are recorded at sampling, the teacher is frozen);
 - advantages, per sequence over its own valid response tokens only (position counted from the response's start;
   padding never enters returns, advantages or whitening statistics):
   ``paper``: A_t = R^Norm_{t+1} = mean of r_{t'} over t' > t (0 at the last token), w_t multiplies both terms;
   ``reference`` (LMOps code): A_t = Σ_{k≥0} γ^k r_{t+k} / (valid tokens remaining from t), whitened over the
   batch's valid tokens, w_t inside the PPO ratio, single-step term unweighted;
+  ``unbiased``: A_t = Σ_{t'>t} (Π_{s≤t'} w_s) r_{t'}, the long-term term unweighted, the single-step term × Π_{s<t} w_s
+  (the exact reverse-KL gradient in expectation);
 - long-term term: PPO-clipped policy gradient max(−A ρ, −A clip(ρ, 1−ε, 1+ε)), ρ = exp(log q_θ − log q_θold)
   (× w_t in the reference variant);
 - single-step term: Σ_t KL(q_θ(·|y_<t) ‖ p(·|y_<t)) exactly over the vocabulary (× w_t in the paper variant);
@@ -40,11 +42,22 @@ resumed in the middle of a buffer's PPO epochs continues with the same rollouts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ...objective import LossOutput, Objective, StepContext, option
 from ._common import in_unit_interval, needs_by_options, non_negative
+from .minillm_estimator import (  # noqa: F401 - the estimator's functions, importable from the objective's module
+    discounted_returns,
+    discounted_whitened_advantages,
+    estimator_weights,
+    importance_weighted_returns,
+    length_normalised_returns,
+    scaled_rewards,
+    whiten,
+    whitening_moments,
+)
 
-VARIANTS = ("paper", "reference")
+VARIANTS = ("paper", "reference", "unbiased")
 COIN_MODES = ("step", "row", "none")     # rollout.COIN_MODES (not imported: torch-free option checks)
 
 
@@ -72,11 +85,19 @@ class MiniLLMOptions:
                                              "between steps).")
     single_step: bool = option(True, "Add the exact single-step reverse-KL term (False: the ablation; the "
                                      "returns then include step t, as in the undecomposed gradient).")
-    length_norm: bool = option(True, "Length-normalise the returns (False: the ablation, plain sums).")
-    reward_scale: float = option(0.5, "Rewards are divided by this (the reference scripts' 1/0.5 scaling).")
+    length_norm: Optional[bool] = option(None, "Length-normalise the returns (false: the ablation, plain sums); "
+                                               "unset: true, except for variant=unbiased, which needs plain sums.")
+    reward_scale: Optional[float] = option(None, "Rewards are divided by this; unset: 1 (the paper's estimator), "
+                                                 "0.5 for variant=reference (the LMOps scripts' 1/0.5 scaling, "
+                                                 "which weights the long-term term twice against the single-step "
+                                                 "term).")
     reward_clip: float = option(100.0, "Rewards are clipped to ±this after scaling.")
-    variant: str = option("paper", "paper (R^Norm_{t+1}, w_t on both terms) or reference (LMOps code: "
-                                   "discounted, divided by remaining tokens, whitened, w_t in the ratio).")
+    variant: str = option("paper", "paper (R^Norm_{t+1}, w_t on both terms), reference (LMOps code: "
+                                   "discounted, divided by remaining tokens, whitened, w_t in the ratio) or unbiased "
+                                   "(the exact reverse-KL gradient in expectation, docs/method.md §1: each future "
+                                   "reward weighted by the product of the importance weights up to its token, the "
+                                   "single-step term by the product before t, plain sums, no length normalisation; "
+                                   "higher variance).")
     gamma: float = option(0.95, "Discount of the reference variant (unused by the paper variant).")
     lm_weight: float = option(1.0, "Weight of the language-modelling loss L_PT on packed plain text "
                                    "(data.lm_corpus, default the embedded corpus); 1 as in the paper, 0 = the "
@@ -84,8 +105,17 @@ class MiniLLMOptions:
     lm_kd_ratio: float = option(0.0, "Share of word-level KD in L_PT: (1 − r)·CE + r·FKL(teacher ‖ student) on the "
                                      "text; 0 = the paper's plain CE, 0.5 = the LMOps reference code.")
 
+    def __post_init__(self):
+        # Unset options follow the variant: the paper's estimator is unscaled, the LMOps scripts scale by 1/0.5.
+        if self.reward_scale is None:
+            self.reward_scale = 0.5 if self.variant == "reference" else 1.0
+        if self.length_norm is None:
+            self.length_norm = self.variant != "unbiased"
+
     def validate(self) -> list[str]:
         problems = in_unit_interval("alpha", self.alpha) + in_unit_interval("gamma", self.gamma)
+        if self.variant == "unbiased" and self.length_norm:
+            problems.append("variant unbiased sums the future rewards: set length_norm to false or leave it out")
         if self.mix_coins not in COIN_MODES:
             problems.append(f"mix_coins must be one of {', '.join(COIN_MODES)}, got {self.mix_coins!r}")
         if not self.clip_eps > 0:
@@ -148,89 +178,6 @@ def batch_from_state(state: dict):
     )
 
 
-# --- returns and advantages (module-level so that tests can check them against a plain reference) -------------
-
-
-def scaled_rewards(teacher_logprobs, old_logprobs, mask, scale: float = 0.5, clip: float = 100.0):
-    """r_t = clip((log p − log q_old) / scale, ±clip) on valid tokens, 0 elsewhere (float32, detached)."""
-    import torch
-
-    mask = mask.bool()
-    rewards = ((teacher_logprobs.float() - old_logprobs.float()) / scale).clamp(-clip, clip)
-    return torch.where(mask, rewards, torch.zeros_like(rewards)).detach()
-
-
-def _reverse_cumsum(x):
-    return x.flip(-1).cumsum(-1).flip(-1)
-
-
-def length_normalised_returns(rewards, mask, *, include_current: bool = False, normalise: bool = True):
-    """The paper's R^Norm_{t+1}: per row, the mean of r_{t'} over the row's valid tokens t' > t (t' ≥ t with
-    ``include_current``); 0 where there is none and on invalid positions. ``normalise=False`` gives the plain
-    sum (the 'without length normalisation' ablation). Padding (mask 0) is skipped wherever it lies."""
-    import torch
-
-    mask = mask.bool()
-    values = torch.where(mask, rewards, torch.zeros_like(rewards))
-    weight = mask.to(values.dtype)
-    total = _reverse_cumsum(values)                # Σ over valid t' ≥ t
-    count = _reverse_cumsum(weight)
-    if not include_current:
-        total, count = total - values, count - weight
-    returns = total / count.clamp(min=1) if normalise else total
-    return torch.where(mask & (count > 0), returns, torch.zeros_like(returns))
-
-
-def discounted_returns(rewards, mask, gamma: float, *, normalise: bool = True):
-    """The reference code's returns: Σ_{k≥0} γ^k r over the row's valid tokens from t on (k counts valid tokens
-    only, so discounting runs from the response's own positions), divided by the number of valid tokens
-    remaining from t (``normalise``); 0 on invalid positions."""
-    import torch
-
-    mask = mask.bool()
-    values = torch.where(mask, rewards, torch.zeros_like(rewards))
-    running = torch.zeros_like(values[:, 0])
-    out = torch.zeros_like(values)
-    for t in range(values.shape[1] - 1, -1, -1):
-        running = torch.where(mask[:, t], values[:, t] + gamma * running, running)
-        out[:, t] = running
-    if normalise:
-        out = out / _reverse_cumsum(mask.to(values.dtype)).clamp(min=1)
-    return torch.where(mask, out, torch.zeros_like(out))
-
-
-def whitening_moments(values_list, masks, sum_over_processes=None):
-    """Mean and (biased) variance of the valid tokens of every tensor in ``values_list``, summed over processes
-    when ``sum_over_processes`` is given (float64 sums: count, Σx, Σx² are what crosses processes)."""
-    import torch
-
-    device = values_list[0].device
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for values, mask in zip(values_list, masks):
-        valid = values[mask.bool()].double()
-        sums += torch.stack([valid.new_tensor(float(valid.numel())), valid.sum(), (valid * valid).sum()])
-    if sum_over_processes is not None:
-        sums = sum_over_processes(sums)
-    count = sums[0].clamp(min=1)
-    mean = sums[1] / count
-    var = (sums[2] / count - mean * mean).clamp(min=0)
-    return float(mean), float(var)
-
-
-def whiten(values, mask, eps: float = 1e-8, moments=None):
-    """(x − mean) / sqrt(var + eps) with mean and (biased) variance over the valid tokens only (or the given
-    ``moments``, e.g. global ones from ``whitening_moments``); 0 elsewhere."""
-    import torch
-
-    mask = mask.bool()
-    mean, var = moments if moments is not None else whitening_moments([values], [mask])
-    out = (values - mean) / (var + eps) ** 0.5
-    return torch.where(mask, out, torch.zeros_like(out))
-
-
-def discounted_whitened_advantages(rewards, mask, gamma: float, *, normalise: bool = True):
-    """The reference variant's advantages of one batch: ``discounted_returns`` whitened over its valid tokens."""
-    return whiten(discounted_returns(rewards, mask, gamma, normalise=normalise), mask)
 
 
 class MiniLLM(Objective):
@@ -353,10 +300,12 @@ class MiniLLM(Objective):
         metrics["lm"] = float(term.detach())
         return term, metrics
 
-    def _returns(self, rewards, mask):
+    def _returns(self, rewards, mask, weights):
         o = self.options
         if o.variant == "paper":
             return length_normalised_returns(rewards, mask, include_current=not o.single_step, normalise=o.length_norm)
+        if o.variant == "unbiased":
+            return importance_weighted_returns(rewards, weights, mask, include_current=not o.single_step)
         return discounted_returns(rewards, mask, o.gamma, normalise=o.length_norm)
 
     def advantages(self, batch):
@@ -368,7 +317,7 @@ class MiniLLM(Objective):
         mask = batch.loss_mask.bool()
         rewards = scaled_rewards(batch.extras["teacher_logprobs"], batch.extras["old_logprobs"], mask,
                                  o.reward_scale, o.reward_clip)
-        adv = self._returns(rewards, mask)
+        adv = self._returns(rewards, mask, batch.extras.get("importance_weights"))
         return rewards, (whiten(adv, mask) if o.variant == "reference" else adv)
 
     def attach_advantages(self, batches, sum_over_processes=None) -> None:
@@ -378,7 +327,7 @@ class MiniLLM(Objective):
         masks = [batch.loss_mask.bool() for batch in batches]
         rewards = [scaled_rewards(b.extras["teacher_logprobs"], b.extras["old_logprobs"], m, o.reward_scale, o.reward_clip)
                    for b, m in zip(batches, masks)]
-        advantages = [self._returns(r, m) for r, m in zip(rewards, masks)]
+        advantages = [self._returns(r, m, b.extras.get("importance_weights")) for r, m, b in zip(rewards, masks, batches)]
         if o.variant == "reference":
             moments = whitening_moments(advantages, masks, sum_over_processes)
             advantages = [whiten(a, m, moments=moments) for a, m in zip(advantages, masks)]
@@ -386,8 +335,6 @@ class MiniLLM(Objective):
             batch.extras["rewards"], batch.extras["advantages"] = r, a
 
     def loss(self, batch, ctx: StepContext) -> LossOutput:
-        import torch
-
         from ...losses.policy import PolicyTokens, policy_loss
 
         o = self.options
@@ -398,14 +345,14 @@ class MiniLLM(Objective):
         rewards, adv = self.advantages(batch)
         rewards, adv = rewards[mask], adv[mask]
         old = batch.extras["old_logprobs"].float()[mask]
-        weights = batch.extras["importance_weights"].float()[mask]
+        weights = batch.extras["importance_weights"].float()
+        pg_weights, single_weights = (w[mask] for w in estimator_weights(o.variant, weights, mask))
+        weights = weights[mask]
         denominator = float(ctx.num_tokens)
-        paper = o.variant == "paper"
-        # paper: w_t multiplies both terms; reference: w_t inside the PPO ratio, single-step term unweighted
-        tokens = PolicyTokens(
+        tokens = PolicyTokens(    # reference: w_t inside the PPO ratio; the variants' term weights: estimator_weights
             advantages=adv, old_logprobs=old, clip_eps=o.clip_eps,
-            ratio_weights=None if paper else weights, pg_weights=weights if paper else None,
-            single_weights=(weights if paper else torch.ones_like(weights)) if o.single_step else None,
+            ratio_weights=weights if o.variant == "reference" else None, pg_weights=pg_weights,
+            single_weights=single_weights if o.single_step else None,
         )
         sums = policy_loss(student, teacher, batch.labels, mask, tokens, chunk_tokens=ctx.chunk_tokens)
         loss = sums.loss / denominator
