@@ -86,6 +86,7 @@ class EvalConfig:
     max_new_tokens: int = option(64, "New tokens per validation response (greedy decoding).", rule=greater_than(0))
     select_by: str = option("rougeL", "Best checkpoint by 'rougeL' (higher is better) or 'loss' (lower).", choices=("rougeL", "loss"))
     before_after: bool = option(True, "Evaluate the student before training and at the end, side by side.")
+    own_samples_kl: bool = option(False, "Also measure KL(student ‖ teacher) per token on responses the student samples itself (temperature 1) for the Rouge-L prompts: the quantity MiniLLM minimises (valid_rkl_own_samples).")
     suites: list = field(default_factory=list, metadata={"help": "Extra evaluation suites (evaluator plugins, as in `minillm eval --suite`) run at each validation, e.g. [selfinst]; logged as valid_<suite>_<metric>."})
     suite_examples: int = option(16, "Examples per extra suite at each validation.")
     suite_seeds: list = field(default_factory=lambda: [10], metadata={"help": "Generation seeds of the extra suites (sampling as the paper, max_new_tokens above)."})

@@ -68,6 +68,7 @@ def sample(ctx, examples: Sequence, suite: str) -> tuple:
                 "prompt": prompt,
                 "generation": ctx.tokenizer.decode(generation.token_ids, skip_special_tokens=True),
                 "num_tokens": len(generation.token_ids),
+                "token_ids": list(generation.token_ids),
                 "finished": generation.finished,
                 "seed": seed,
                 "model": ctx.model_name,
@@ -173,8 +174,10 @@ def _seed_of(path: Path) -> int:
         raise MinillmError(f"{path}: generation files are named seed-<integer>.jsonl; rename it") from None
 
 
-def run(ctx, examples: Sequence, suite: str, *, settings: Optional[dict] = None, with_loss: bool = True):
-    """The whole protocol on one model: sample, save, score, and the test loss on the references."""
+def run(ctx, examples: Sequence, suite: str, *, settings: Optional[dict] = None, with_loss: bool = True,
+        teacher_measures: bool = True):
+    """The whole protocol on one model: sample, save, score, the test loss on the references and, when a teacher is
+    given and ``teacher_measures``, the mode-seeking measures (``mode_seeking``)."""
     from .base import SuiteResult
     from .metrics import test_loss
 
@@ -192,6 +195,10 @@ def run(ctx, examples: Sequence, suite: str, *, settings: Optional[dict] = None,
         if loss["loss"] is not None:
             metrics["test_loss"] = loss["loss"]
         details["test_loss"] = loss
+    if teacher_measures and ctx.teacher_loader is not None:
+        from .mode_seeking import mode_seeking_metrics
+
+        metrics.update(mode_seeking_metrics(ctx, examples, by_seed))
     return SuiteResult(
         suite=suite, metrics=metrics, headline="rougeL", details=details, settings=dict(settings or {}),
         files={f"generations_seed_{seed}": path for seed, path in files.items()},

@@ -62,6 +62,12 @@ def suggested_path(data_dir, folder: str, split: str) -> Path:
     return data_dirs(data_dir)[0] / folder / f"{split}.jsonl"
 
 
+def _teacher_measures():
+    return option(True, "With --teacher: also teacher_nll (the teacher's NLL of the model's samples), "
+                        "student_nll_on_teacher (the model's NLL of the teacher's samples) and the reverse / forward KL "
+                        "along each (docs/evaluation.md).")
+
+
 @dataclass
 class SuiteOptions:
     path: Optional[str] = option(None, "A local file or directory to read instead of the data dir.")
@@ -71,6 +77,7 @@ class SuiteOptions:
     fields: Optional[str] = option(None, "Field mapping, e.g. 'instruction=question,output=answer'.")
     limit: Optional[int] = option(None, "Use only the first N examples (default: --limit).")
     min_reference_words: int = option(0, "Drop examples whose gold response has fewer words (rouge_score words).")
+    teacher_measures: bool = _teacher_measures()
 
     def validate(self) -> list:
         return _check_limit(self.limit) + (
@@ -160,7 +167,7 @@ class InstructionSuite(Evaluator):
         examples, settings = self.load(ctx)
         settings["options"] = asdict(self.options)
         ctx.log(f"{ctx.model_name} on {self.name}: {len(examples)} examples × {len(ctx.seeds)} seeds")
-        return protocol.run(ctx, examples, self.name, settings=settings)
+        return protocol.run(ctx, examples, self.name, settings=settings, teacher_measures=self.options.teacher_measures)
 
 
 # --- the suites ---------------------------------------------------------------------------------------------------
@@ -169,6 +176,7 @@ class InstructionSuite(Evaluator):
 @dataclass
 class DefaultOptions:
     limit: Optional[int] = option(None, "Use only the first N examples (default: --limit).")
+    teacher_measures: bool = _teacher_measures()
 
     def validate(self) -> list:
         return _check_limit(self.limit)

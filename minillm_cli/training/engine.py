@@ -317,7 +317,7 @@ class Engine(SamplingServices):
                 texts = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
                 refs = self.data.valid_references[: len(rouge_examples)]
                 results["valid_rougeL"] = corpus_rouge_l(texts, refs)
-                if self.teacher is not None and self.zero_stage != 3 and not self.teacher_partitioned:
+                if cfg.own_samples_kl and self.teacher is not None and self.zero_stage != 3 and not self.teacher_partitioned:
                     results["valid_rkl_own_samples"] = reverse_kl_on_own_samples(
                         model, self.teacher, self.tokenizer, [e.prompt_ids for e in rouge_examples],
                         max_new_tokens=cfg.max_new_tokens, vocab_width=self.vocab_width,
