@@ -115,3 +115,12 @@ def test_identical_tokenizers_align_token_for_token(byte_fallback):
     example = aligner.align(prompt, response)
     assert example.teacher_prompt == prompt and example.teacher_response == response
     assert pairs(example.groups) == [((i,), (i,)) for i in range(len(response))]
+
+
+def test_an_id_past_the_tokenizer_writes_no_text(byte_level, byte_fallback):
+    # A student whose logits have padding rows may sample one; it spells nothing and joins its neighbour's group.
+    aligner = Aligner(byte_fallback, byte_level, teacher_bos=False)
+    prompt = byte_level("Q:", add_special_tokens=False)["input_ids"]
+    response = byte_level(" red", add_special_tokens=False)["input_ids"] + [len(byte_level)]
+    example = aligner.align(prompt, response)
+    assert [i for g in example.groups for i in g.student] == list(range(len(response)))

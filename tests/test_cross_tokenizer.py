@@ -144,12 +144,50 @@ def all_teacher_span_rows(aligned, examples):
 def test_objectives_that_sample_the_teacher_are_refused_with_the_reason():
     from minillm_cli.plugins import get_objective
 
-    for name, options, why in [("minillm", {}, "teacher-mixed sampling"), ("gkd", {"seq_kd": True, "lmbda": 0.0},
-                                                                              "objective.seq_kd=false")]:
+    refused = [("minillm", {}, "teacher-mixed sampling.*objective.alpha=0"),
+               ("minillm", {"alpha": 0.0}, "single-step term.*objective.single_step=false"),
+               ("gkd", {"seq_kd": True, "lmbda": 0.0}, "objective.seq_kd=false")]
+    for name, options, why in refused:
         cls = get_objective(name)
         with pytest.raises(MinillmError, match=why):
             check_objective(cls(cls.Options(**options)))
     check_objective(get_objective("kd")())
+    minillm = get_objective("minillm")
+    check_objective(minillm(minillm.Options(alpha=0.0, single_step=False)))
+
+
+def test_span_log_probabilities_go_to_the_token_that_completes_the_span():
+    from minillm_cli.models.alignment import Group
+    from minillm_cli.training.cross_rollout import assign_to_student_tokens
+
+    groups = [Group((0,), (0,)), Group((1, 2), (1,)), Group((3,), (2, 3))]
+    teacher = [-1.0, -2.0, -0.5, -0.25, -4.0]          # the last teacher token is in no group
+    assigned = assign_to_student_tokens(groups, 4, teacher, matched=lambda g: g.student == (0,))
+    assert assigned == [-1.0, 0.0, -2.0, -0.75 - 4.0]
+    assert sum(assigned) == sum(teacher)
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-tokenizer", "byte-level-vs-byte-fallback"])
+def test_text_aligned_teacher_logprobs_sum_to_the_teacher_logprob_of_the_response(models, same):
+    student_tok = models.level
+    teacher_tok, teacher_model = (models.level, models.teacher) if same else (models.fallback, models.other_teacher)
+    aligner = Aligner(teacher_tok, student_tok, teacher_bos=not same)
+    teacher = CrossTokenizerTeacher(teacher_model, aligner, width=len(teacher_tok), student_width=len(student_tok))
+    batch = batch_of(student_tok)
+    assigned = teacher.response_logprobs(batch.prompts, batch.responses, device=torch.device("cpu"), chunk_tokens=4)
+    assert [len(a) for a in assigned] == [len(r) for r in batch.responses]
+    examples = [aligner.align(p, r) for p, r in zip(batch.prompts, batch.responses)]
+    teacher_batch = make_batch([e.teacher_prompt for e in examples], [e.teacher_response for e in examples],
+                               teacher_tok.eos_token_id)
+    log_p = logprobs_at_rows(teacher_model, teacher_batch)
+    per_token = log_p.gather(-1, teacher_batch.labels[teacher_batch.loss_mask][:, None]).squeeze(-1).tolist()
+    start = 0
+    for example, values in zip(examples, assigned):
+        own = per_token[start:start + len(example.teacher_response)]
+        start += len(example.teacher_response)
+        assert sum(values) == pytest.approx(sum(own), rel=1e-6)      # log p(response), in float32 as rollouts
+        if same:
+            assert values == pytest.approx(own, rel=1e-6)            # token for token
 
 
 @pytest.fixture(scope="module")
@@ -182,4 +220,12 @@ def test_distill_across_tokenizers_trains_and_exports(cli_models, tmp_path, monk
         assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
         assert (output / "final" / "config.json").is_file()
     code, _, err = run_cli(capsys, *base, "--cross-tokenizer", "--objective", "minillm", "--output-dir", tmp_path / "mini")
-    assert code == 2 and "teacher-mixed sampling" in err.splitlines()[-1]
+    assert code == 2 and "objective.alpha=0" in err.splitlines()[-1]
+    output = tmp_path / "minillm"
+    code, _, err = run_cli(capsys, *base, "--cross-tokenizer", "--objective", "minillm", "--output-dir", output,
+                           "objective.alpha=0", "objective.single_step=false")
+    assert code == 0, err[-3000:]
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rewards = [r["reward"] for r in records if "reward" in r]
+    assert len(rewards) == 2 and all(math.isfinite(v) for v in rewards)
+    assert (output / "final" / "config.json").is_file()

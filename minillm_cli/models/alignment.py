@@ -173,6 +173,12 @@ def aligned_groups(student_ends: Sequence[int], teacher_ends: Sequence[int]) -> 
     return groups
 
 
+def spelled(spellings: list, ids: Sequence[int]) -> list:
+    """The spellings of ``ids``; None for an id past the tokenizer (a padding row of the logits, which a sampling
+    student may draw: it writes no text)."""
+    return [spellings[i] if 0 <= i < len(spellings) else None for i in ids]
+
+
 @dataclass(frozen=True)
 class AlignedExample:
     """A student example written for the teacher: the teacher's prompt and response ids for the same text, and the
@@ -213,8 +219,8 @@ class Aligner:
         else:   # the teacher merges across the prompt's end: its response is the rest of the text on its own
             teacher_response, rest_ends = self.encode(text[len(prompt_text):])
             teacher_ends = [end + len(prompt_text) for end in rest_ends]
-        student_bytes = byte_ends(text, student_ends, [self.student_spellings[i] for i in response])
-        teacher_bytes = byte_ends(text, teacher_ends, [self.teacher_spellings[i] for i in teacher_response])
+        student_bytes = byte_ends(text, student_ends, spelled(self.student_spellings, response))
+        teacher_bytes = byte_ends(text, teacher_ends, spelled(self.teacher_spellings, teacher_response))
         if ended:   # after the last byte of the text, on both sides
             end = len(text.encode()) + 1
             response.append(self.student.eos_token_id)

@@ -22,13 +22,27 @@ UNSUPPORTED_NEEDS = {
 
 
 def check_objective(objective) -> None:
-    """A MinillmError naming the objective's first need the aligned teacher cannot meet, with the reason."""
+    """A MinillmError naming the objective's first need the aligned teacher cannot meet, with the reason. MiniLLM
+    trains across tokenizers on the student's own samples with text-aligned rewards (``training.cross_rollout``):
+    α = 0 and no single-step term, whose exact reverse KL at every token needs one vocabulary."""
+    if objective.name == "minillm":
+        options = objective.options
+        if options.alpha > 0:
+            raise MinillmError(
+                f"minillm across tokenizers samples from the student alone: {UNSUPPORTED_NEEDS['mixed_samples']}; "
+                "set objective.alpha=0 (the rewards still come from the teacher's log-probability of the text)")
+        if options.single_step:
+            raise MinillmError(
+                "minillm across tokenizers has no single-step term: it is the exact reverse KL over one vocabulary "
+                "at every student token; set objective.single_step=false (the returns then include each token's "
+                "own reward, docs/cross-tokenizer.md)")
+        return
     for need, why in UNSUPPORTED_NEEDS.items():
         if need in objective.needs:
             hint = " (set objective.seq_kd=false)" if objective.name == "gkd" else ""
             raise MinillmError(
                 f"objective '{objective.name}' needs {need}, which --cross-tokenizer cannot give: {why}{hint}; "
-                "kd, rkl, tvd, gkd, distillm and seqkd train across tokenizers")
+                "kd, rkl, tvd, gkd, distillm, seqkd and minillm (alpha 0) train across tokenizers")
 
 
 class CrossTokenizerTeacher:
@@ -49,21 +63,58 @@ class CrossTokenizerTeacher:
         self.shared_teacher = torch.tensor([shared.teacher_ids[i] for i in keep], dtype=torch.long)
         self.teacher_of = {shared.student_ids[i]: shared.teacher_ids[i] for i in keep}
 
-    def for_batch(self, batch):
+    def run(self, prompts, responses, device):
+        """(the aligned examples, the teacher's batch of them, the teacher's forward pass over it)."""
         import torch
 
         from ..data.batches import make_batch
-        from ..losses.aligned import AlignedTeacher, token_logprob
         from ..models.forward import forward_hidden
 
-        device = batch.input_ids.device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
-        examples = [self.aligner.align(p, r) for p, r in zip(batch.prompts, batch.responses)]
+        examples = [self.aligner.align(p, r) for p, r in zip(prompts, responses)]
         teacher_batch = make_batch([e.teacher_prompt for e in examples], [e.teacher_response for e in examples],
                                    self.pad_id).to(device)
         with torch.inference_mode():
             forward = forward_hidden(self.model, teacher_batch, self.width)
+        return examples, teacher_batch, forward
+
+    def matched(self, group, response, teacher_response) -> bool:
+        """Whether a group is one token on each side, the same token of the shared vocabulary."""
+        return (len(group.student) == len(group.teacher) == 1
+                and self.teacher_of.get(response[group.student[0]]) == teacher_response[group.teacher[0]])
+
+    def response_logprobs(self, prompts, responses, *, device, chunk_tokens: int = 1024) -> list:
+        """Per student response token, the teacher's log-probabilities given to it by the alignment, so that each
+        response's sum is the teacher's log-probability of its text (``training.cross_rollout``)."""
+        import torch
+
+        from ..losses.aligned import token_logprob
+        from ..losses.chunks import chunk_bounds
+        from .cross_rollout import assign_to_student_tokens
+
+        examples, teacher_batch, forward = self.run(prompts, responses, device)
+        rows = forward.hidden[teacher_batch.loss_mask]
+        targets = teacher_batch.labels[teacher_batch.loss_mask]
+        with torch.inference_mode():
+            values = torch.cat([token_logprob(forward.head(rows[a:b]), targets[a:b]).float()
+                                for a, b in chunk_bounds(rows.shape[0], chunk_tokens)]).cpu().tolist()
+        result, start = [], 0
+        for example, response, count in zip(examples, responses, teacher_batch.loss_mask.sum(1).tolist()):
+            teacher = [0.0] * (len(example.teacher_response) - count) + values[start:start + count]
+            start += count
+            result.append(assign_to_student_tokens(
+                example.groups, len(response), teacher,
+                lambda group, r=response, t=example.teacher_response: self.matched(group, r, t)))
+        return result
+
+    def for_batch(self, batch):
+        import torch
+
+        from ..losses.aligned import AlignedTeacher, token_logprob
+
+        device = batch.input_ids.device
+        examples, teacher_batch, forward = self.run(batch.prompts, batch.responses, device)
         teacher_rows = forward.hidden[teacher_batch.loss_mask]
         teacher_targets = teacher_batch.labels[teacher_batch.loss_mask]
         plan = _Plan()
@@ -80,8 +131,7 @@ class CrossTokenizerTeacher:
                 t_rows = [teacher_row[k] for k in group.teacher]
                 if None in s_rows or None in t_rows:
                     continue
-                single = len(s_rows) == len(t_rows) == 1
-                if single and self.teacher_of.get(response[group.student[0]]) == example.teacher_response[group.teacher[0]]:
+                if self.matched(group, response, example.teacher_response):
                     plan.matched_student.append(s_rows[0])
                     plan.matched_teacher.append(t_rows[0])
                 else:
