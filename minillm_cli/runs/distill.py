@@ -32,6 +32,11 @@ def run_distill_command(
     if print_config:
         print(config_yaml, end="")
         return
+    if config.cross_tokenizer:   # an objective that cannot train across tokenizers: refused before a warm start
+        from ..plugins import get_objective
+        from ..training.cross_teacher import check_objective
+
+        check_objective(get_objective(config.objective["name"])(objective_options))
     if checkpoint is None:
         _claim_output_dir(Path(config.output_dir), overwrite, remove=False)   # refuse early, before any work
     warm = None
