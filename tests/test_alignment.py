@@ -82,6 +82,7 @@ def test_char_ends_of_a_tokenisation_the_tokenizer_would_not_choose(byte_level):
     assert pieces != canonical
     ends = char_ends(byte_level, pieces, text)
     assert ends[-1] == len(text) and ends == sorted(ends) and ends[0] == 1
+    assert char_ends(byte_level, pieces, text, first=4) == ends[4:]
 
 
 @pytest.mark.parametrize("direction", ["level->fallback", "fallback->level"])

@@ -74,3 +74,7 @@ def test_the_command(source, tmp_path, capsys):
                              "--vocab-size", "300")
     assert code == 0, err
     assert "300 tokens (was 420" in out.replace("\n", " ")
+    code, out, err = run_cli(capsys, "convert", "tokenizer", str(source), str(tmp_path / "big"), "--train-on", "default",
+                             "--vocab-size", "100000")
+    assert code == 0, err
+    assert "gave only" in out.replace("\n", " ") and "train on more text" in out.replace("\n", " ")

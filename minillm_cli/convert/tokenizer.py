@@ -42,6 +42,9 @@ def give_tokenizer(source: ModelSpec, out, *, tokenizer: Optional[str] = None, t
     report = save_and_verify("tokenizer", ref, model, new, out, "fp32", started, overwrite=overwrite, cast=False)
     report.notes.append(f"{len(new)} tokens (was {len(old)}; {reused} rows kept from the old vocabulary); "
                         f"parameters {before:,} → {report.parameters:,}")
+    if train_on is not None and len(new) < vocab_size:
+        report.notes.append(f"the text gave only {len(new)} of the {vocab_size} tokens asked (no pair left to merge): "
+                            "train on more text for a larger vocabulary")
     return report
 
 

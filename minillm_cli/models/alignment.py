@@ -113,16 +113,17 @@ def shared_vocabulary(teacher_tokenizer, student_tokenizer) -> SharedVocabulary:
     return SharedVocabulary(tuple(s for s, _ in ordered), tuple(t for _, t in ordered))
 
 
-def char_ends(tokenizer, ids: Sequence[int], text: str) -> list:
-    """The character offset in ``text`` at which each token of ``ids`` ends, ``text`` being what ``ids`` decode to.
+def char_ends(tokenizer, ids: Sequence[int], text: str, first: int = 0) -> list:
+    """The character offset in ``text`` at which each token of ``ids[first:]`` ends, ``text`` being what ``ids``
+    decode to.
 
     From the offsets of a fresh tokenisation when it gives back ``ids`` (the usual case); otherwise (a sampled
     tokenisation the tokenizer would not choose) from the lengths of the decoded prefixes."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     if list(encoded["input_ids"]) == list(ids):
-        return [end for _, end in encoded["offset_mapping"]]
-    ends, last = [], 0
-    for count in range(1, len(ids) + 1):
+        return [end for _, end in encoded["offset_mapping"]][first:]
+    ends, last = [], len(decode(tokenizer, ids[:first])) if first else 0
+    for count in range(first + 1, len(ids) + 1):
         last = min(max(last, len(decode(tokenizer, ids[:count]))), len(text))
         ends.append(last)
     return ends
@@ -211,7 +212,7 @@ class Aligner:
         if ended:
             response = response[:-1]
         text, prompt_text = decode(self.student, prompt + response), decode(self.student, prompt)
-        student_ends = char_ends(self.student, prompt + response, text)[len(prompt):]
+        student_ends = char_ends(self.student, prompt + response, text, first=len(prompt))
         teacher_prompt = self.encode(prompt_text)[0]
         ids, ends = self.encode(text)
         if ids[:len(teacher_prompt)] == teacher_prompt:
