@@ -26,8 +26,6 @@ def sample_cross_tokenizer_rollouts(student, cross_teacher, tokenizer, prompts: 
                                     batch_size: int, vocab_width: int):
     """``training.rollout.Rollouts`` of the student's own samples for ``prompts``, with text-aligned teacher
     log-probabilities (module docstring)."""
-    import torch
-
     from ..data.batches import make_batch
     from ..losses.aligned import token_logprob
     from ..models.forward import forward_hidden, inference

@@ -109,6 +109,8 @@ class CrossTokenizerTeacher:
         return result
 
     def for_batch(self, batch):
+        """The teacher's side of a student batch, aligned (``losses.aligned.AlignedTeacher``): the matched rows, the
+        spans and the teacher's chain-rule log-probability of each span."""
         import torch
 
         from ..losses.aligned import AlignedTeacher, token_logprob
