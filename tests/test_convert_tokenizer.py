@@ -74,7 +74,9 @@ def test_the_command(source, tmp_path, capsys):
                              "--vocab-size", "300")
     assert code == 0, err
     assert "300 tokens (was 420" in out.replace("\n", " ")
-    code, out, err = run_cli(capsys, "convert", "tokenizer", str(source), str(tmp_path / "big"), "--train-on", "default",
-                             "--vocab-size", "100000")
+    text = tmp_path / "little.txt"
+    text.write_text("red green blue\nred and green\n")
+    code, out, err = run_cli(capsys, "convert", "tokenizer", str(source), str(tmp_path / "big"), "--train-on", str(text),
+                             "--vocab-size", "1000")
     assert code == 0, err
     assert "gave only" in out.replace("\n", " ") and "train on more text" in out.replace("\n", " ")
