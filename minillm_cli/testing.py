@@ -54,6 +54,25 @@ def make_tiny_tokenizer(vocab_size: int = 384, extra_tokens: tuple[str, ...] = (
     return fast
 
 
+def make_tiny_byte_fallback_tokenizer(vocab_size: int = 420, corpus=None):
+    """A SentencePiece-style BPE tokenizer (``▁`` marks spaces, ``<0xNN>`` byte-fallback tokens for any character it
+    lacks, as Llama's and Mistral's) with ``vocab_size`` entries: the other kind of tokenizer for cross-tokenizer
+    tests. Its special tokens are ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS); no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([
+        decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+    ])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, limit_alphabet=40, show_progress=False)
+    tokenizer.train_from_iterator(list(corpus or TINY_CORPUS) * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+
+
 def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32, **overrides):
     """A tiny config of a builtin family's architecture."""
     import transformers as tf

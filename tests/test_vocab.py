@@ -55,6 +55,15 @@ def test_different_tokenizers_are_refused_even_with_trim():
         check_vocab(make_tiny_tokenizer(384), other, 384, 384, trim=True)
 
 
+def test_cross_tokenizer_accepts_different_tokenizers_and_the_refusal_names_the_flag():
+    teacher, student = FakeTokenizer(100), FakeTokenizer(90, renamed=(5,))
+    with pytest.raises(MinillmError, match=r"tokenizers differ .*--cross-tokenizer \(recipe: cross_tokenizer: true\)"):
+        check_vocab(teacher, student, 100, 90)
+    check = check_vocab(teacher, student, 100, 90, cross_tokenizer=True)
+    assert (check.width, check.cross_tokenizer, check.shared_tokens) == (90, True, 5)
+    assert check_vocab(teacher, teacher, 100, 100, cross_tokenizer=True).cross_tokenizer
+
+
 def test_tokenizer_larger_than_model_is_refused():
     with pytest.raises(MinillmError, match="do not belong together"):
         check_vocab(FakeTokenizer(120), FakeTokenizer(120), 100, 128, trim=True)

@@ -1,4 +1,4 @@
-"""``minillm convert``: GGUF to Hugging Face, dtype and shards, layer cuts, ZeRO checkpoints, LoRA merges."""
+"""``minillm convert``: GGUF to Hugging Face, dtype and shards, layer cuts, ZeRO checkpoints, LoRA merges, new tokenizers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 app = typer.Typer(
-    help="Convert models: GGUF to Hugging Face, dtype and shards, students cut from teachers, ZeRO checkpoints, LoRA merges.",
+    help="Convert models: GGUF to Hugging Face, dtype and shards, students cut from teachers, ZeRO checkpoints, LoRA merges, new tokenizers.",
     no_args_is_help=True,
 )
 
@@ -118,3 +118,19 @@ def merge_lora(
     from ..convert.lora import merge_lora as merge
 
     _print(merge(adapter, out, base=base, dtype=dtype, overwrite=overwrite))
+
+
+@app.command("tokenizer")
+def tokenizer_command(
+    source: str = typer.Argument(..., help="Model (a student): local directory, .gguf file, alias or hub id."),
+    out: Path = typer.Argument(..., help="Output model directory."),
+    tokenizer: Optional[str] = typer.Option(None, help="The new tokenizer: a directory or a tokenizer.json."),
+    train_on: Optional[str] = typer.Option(None, help="Train a byte-level BPE on this text instead: a .txt file (one document per line) or 'default' (the embedded corpus)."),
+    vocab_size: int = typer.Option(8192, help="Entries of the tokenizer trained with --train-on."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Give a model a new tokenizer (e.g. a smaller vocabulary): each new token's embedding starts from the old
+    embeddings of its text; train it with `minillm distill --cross-tokenizer` (docs/cross-tokenizer.md)."""
+    from ..convert.tokenizer import give_tokenizer
+
+    _print(give_tokenizer(source, out, tokenizer=tokenizer, train_on=train_on, vocab_size=vocab_size, overwrite=overwrite))

@@ -16,6 +16,7 @@ def distill(
     output_dir: Optional[str] = typer.Option(None, help="Where checkpoints, exported students and metrics go."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     trim_vocab: Optional[bool] = typer.Option(None, "--trim-vocab/--no-trim-vocab", help="Distil over the shared vocabulary when logit widths differ."),
+    cross_tokenizer: Optional[bool] = typer.Option(None, "--cross-tokenizer/--no-cross-tokenizer", help="Allow a teacher and a student with different tokenizers: align them by text (docs/cross-tokenizer.md)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, … (default: cuda when available)."),
     resume: Optional[str] = typer.Option(None, help="Resume from a run's output directory (its newest complete checkpoint), one checkpoint directory, or 'auto' (the --output-dir's); the run continues in that folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's checkpoints, exports and metrics in the output directory."),
@@ -41,7 +42,7 @@ def distill(
 
     options = {
         "teacher": teacher, "student": student, "objective.name": objective, "output_dir": output_dir,
-        "train.steps": steps, "trim_vocab": trim_vocab, "device": device,
+        "train.steps": steps, "trim_vocab": trim_vocab, "cross_tokenizer": cross_tokenizer, "device": device,
         "parallel.engine": engine, "parallel.zero_stage": zero_stage, "parallel.offload_optimizer": offload_optimizer,
         "parallel.offload_params": offload_params, "parallel.deepspeed_config": deepspeed_config,
         "parallel.teacher_shard": teacher_shard,

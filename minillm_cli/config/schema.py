@@ -126,6 +126,7 @@ class DistillConfig:
     teacher_family: Optional[str] = option(None, "Teacher's model family when it cannot be detected.")
     student_family: Optional[str] = option(None, "Student's model family when it cannot be detected.")
     trim_vocab: bool = option(False, "Distil over the shared vocabulary when the logit widths differ.")
+    cross_tokenizer: bool = option(False, "Teacher and student may have different tokenizers: the same text is tokenised for each and the two are aligned by character offsets (docs/cross-tokenizer.md); kd, rkl, tvd, gkd, distillm, seqkd, and minillm with alpha 0.")
     trust_remote_code: bool = option(False, "Run Python code shipped with the teacher/student (auto_map); only for models you trust.")
     objective: dict = option(None, "Objective name and options: {name: kd, ratio: 0.5}.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})

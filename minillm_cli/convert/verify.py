@@ -37,7 +37,7 @@ ModelSpec = Union[str, os.PathLike, ModelRef]
 class ConversionReport:
     """What a conversion wrote and how its verification went."""
 
-    kind: str                     # "gguf", "dtype", "layers", "zero" or "merge-lora"
+    kind: str                     # "gguf", "dtype", "layers", "zero", "merge-lora" or "tokenizer"
     source: str                   # the source model as displayed
     out: Path
     seconds: float

@@ -6,7 +6,9 @@ both models. Three cases:
 - tokenizers that agree on a shared prefix of ids, but different logit widths or added tokens (Qwen2.5 pads
   its embedding to 152064 rows at 7B and 151936 at 0.5B for the same 151665 tokens): the extra rows are
   padding or tokens one side lacks, and logits can be trimmed to the shared vocabulary on request;
-- different tokenizers: token-level distillation is meaningless; no trimming helps.
+- different tokenizers: comparing logits entry by entry is meaningless and no trimming helps; with
+  ``cross_tokenizer`` (``--cross-tokenizer``) the two tokenisations of the same text are aligned by character
+  offsets instead (``crosstok``, docs/cross-tokenizer.md), and every width is each model's own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class VocabCheck:
     teacher_width: int
     student_width: int
     shared_tokens: int  # ids on which both tokenizers agree
+    cross_tokenizer: bool = False   # aligned by text (crosstok), not compared id by id
 
 
 def _id_to_token(tokenizer) -> dict[int, str]:
@@ -39,17 +42,24 @@ def shared_prefix(teacher_tokenizer, student_tokenizer) -> int:
     return n
 
 
-def check_vocab(teacher_tokenizer, student_tokenizer, teacher_width: int, student_width: int, trim: bool = False) -> VocabCheck:
-    """The logit width to distil over, or a MinillmError that explains the mismatch and the fix."""
+def check_vocab(teacher_tokenizer, student_tokenizer, teacher_width: int, student_width: int, trim: bool = False,
+                cross_tokenizer: bool = False) -> VocabCheck:
+    """The logit width to distil over, or a MinillmError that explains the mismatch and the fix.
+
+    With ``cross_tokenizer`` any two tokenizers pass (even equal ones: the aligned path then reproduces the
+    same-tokenizer losses, which tests check); the width is the student's own."""
     teacher_len, student_len = len(teacher_tokenizer), len(student_tokenizer)
     shared = shared_prefix(teacher_tokenizer, student_tokenizer)
+    if cross_tokenizer:
+        return VocabCheck(student_width, False, teacher_width, student_width, shared, cross_tokenizer=True)
     if shared < min(teacher_len, student_len):
         teacher_tokens, student_tokens = _id_to_token(teacher_tokenizer), _id_to_token(student_tokenizer)
         raise MinillmError(
             f"teacher and student tokenizers differ (teacher {teacher_len} tokens, student {student_len}; "
             f"id {shared} is {teacher_tokens.get(shared)!r} in the teacher but {student_tokens.get(shared)!r} "
             "in the student): token-level distillation compares the two models' distributions over the same "
-            "vocabulary, so choose a student with the teacher's tokenizer (the same model family)"
+            "vocabulary; pass --cross-tokenizer (recipe: cross_tokenizer: true) to align them by text instead "
+            "(docs/cross-tokenizer.md), or choose a student with the teacher's tokenizer (the same model family)"
         )
     same = teacher_len == student_len and teacher_width == student_width
     if same:

@@ -45,6 +45,11 @@ def run_distill_command(
         from ..models.device import pick_device
 
         pick_device(config.device)
+    if config.cross_tokenizer:   # an objective that cannot train across tokenizers: refused before a warm start
+        from ..plugins import get_objective
+        from ..training.cross_teacher import check_objective
+
+        check_objective(get_objective(config.objective["name"])(objective_options))
     if checkpoint is not None:
         check_unchanged(checkpoint, config_to_dict(config, objective_options), allow_changes, warn)
     else:

@@ -107,6 +107,13 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
     needs = set(objective.needs)
     teacher_cache = None
     served_url = config.teacher if is_served(config.teacher) else None
+    if config.cross_tokenizer:   # refused before any model is loaded (docs/cross-tokenizer.md)
+        from ..training.cross_teacher import check_objective as check_cross_tokenizer
+
+        if served_url or config.data.teacher_logits:
+            raise MinillmError("--cross-tokenizer re-tokenises every batch for a teacher loaded here; drop the served "
+                               "teacher or data.teacher_logits, whose log-probabilities are in the student's tokens")
+        check_cross_tokenizer(objective)
     if served_url:
         if config.student is None or config.data.teacher_logits:
             raise MinillmError(
@@ -144,9 +151,17 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             placement = teacher_device_map()
         teacher = load_model(teacher_ref, dtype=config.train.teacher_dtype, trust_remote_code=trust, placement=placement)
         check = check_vocab(
-            teacher_tokenizer, tokenizer, logit_width(teacher), logit_width(student), trim=config.trim_vocab
+            teacher_tokenizer, tokenizer, logit_width(teacher), logit_width(student), trim=config.trim_vocab,
+            cross_tokenizer=config.cross_tokenizer,
         )
         width = check.width
+        if check.cross_tokenizer:   # the engine reaches this teacher through the aligned teacher only
+            from ..models.alignment import Aligner
+            from ..training.cross_teacher import CrossTokenizerTeacher
+
+            aligner = Aligner(teacher_tokenizer, tokenizer, teacher_bos=teacher_ref.family.add_bos)
+            teacher_cache = CrossTokenizerTeacher(teacher, aligner, width=logit_width(teacher), student_width=width)
+            teacher = None
         if check.trimmed and console:
             console.print(f"distilling over the {width} shared vocabulary entries (trim_vocab)")
     else:
@@ -192,7 +207,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
             f"prompts over {data_cfg.max_prompt_tokens} tokens; raise data.max_prompt_tokens or check the data"
         )
     _check_context([student, teacher], train_tok.examples + valid_tok.examples, needs, config)
-    if teacher_cache is not None and served_teacher is None:   # a file holds only the examples it was made from
+    if config.data.teacher_logits:   # a file holds only the examples it was made from
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
     if "lm_chunks" in needs:

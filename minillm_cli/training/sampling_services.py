@@ -39,6 +39,16 @@ class SamplingServices:
         from .rollout import sample_rollouts
         from .served_rollout import sample_served_rollouts
 
+        if getattr(self.teacher_cache, "response_logprobs", None) is not None:   # --cross-tokenizer: α = 0
+            import torch
+
+            from .cross_rollout import sample_cross_tokenizer_rollouts
+
+            rollouts = sample_cross_tokenizer_rollouts(
+                self.unwrapped(), self.teacher_cache, self.tokenizer, batch.prompts, self.sampling,
+                seed=int(torch.randint(0, 2**62, (1,)).item()), batch_size=len(batch.prompts),
+                vocab_width=self.vocab_width)
+            return rollouts.to_batch(self.tokenizer.pad_token_id).to(self.device)
         if self.teacher is None and self.served_teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples from the teacher mixture but does not declare it")
         from . import sharding

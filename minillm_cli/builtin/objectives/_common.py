@@ -54,10 +54,10 @@ def weighted_loss(
     if ce_weight and divergence is not None and divergence_weight:
         # Both terms from one projection of the student's hidden states (losses.fused), when that path applies.
         from ...losses.fused import weighted_ce_and_divergence
-        from ...losses.cached import CachedTeacher
+        from ...models.forward import Forward
 
-        teacher = ctx.teacher_forward(batch)
-        both = None if isinstance(teacher, CachedTeacher) else weighted_ce_and_divergence(
+        teacher = ctx.teacher_forward(batch)   # a Forward, or a cached, served or aligned teacher (its own loss)
+        both = None if not isinstance(teacher, Forward) else weighted_ce_and_divergence(
             student, teacher, batch.labels, batch.loss_mask, ce_weight=ce_weight, divergence=divergence,
             divergence_weight=divergence_weight, num_tokens=ctx.num_tokens, chunk_tokens=ctx.chunk_tokens,
             **divergence_options,
