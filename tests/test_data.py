@@ -590,3 +590,16 @@ def test_shared_dolly_valid():
     assert any(e.input for e in examples) and any(not e.input for e in examples)
     splits = split_examples(examples, valid=100, seed=0)
     assert (len(splits["train"]), len(splits["valid"])) == (900, 100)
+
+
+def test_a_csv_header_cell_with_a_line_break_keeps_the_error_on_one_line(tmp_path):
+    """A quoted header cell may span lines; the column-count error names it escaped, on one line (found by the
+    mutation test of test_bad_input)."""
+    from minillm_cli.data.records import file_records
+
+    path = tmp_path / "data.csv"
+    path.write_text('"instr\nuction",input,output\nSay hi,,hi\nAdd, please", 2+2, 4\nfour\n')
+    with pytest.raises(MinillmError) as info:
+        list(file_records(path, "data.csv"))
+    message = str(info.value)
+    assert "\n" not in message and "instr\\nuction" in message and "columns, but the header has 3" in message

@@ -146,9 +146,9 @@ def _csv_records(path: Path, name: str, delimiter: str) -> Iterator:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
                 if len(row) != len(header):
-                    raise MinillmError(
-                        f"{name}:{start}: {len(row)} columns, but the header has {len(header)} ({', '.join(header)})"
-                    )
+                    # a quoted header cell may hold a line break: the error stays on one line
+                    names = ", ".join(cell.replace("\r", "\\r").replace("\n", "\\n") for cell in header)
+                    raise MinillmError(f"{name}:{start}: {len(row)} columns, but the header has {len(header)} ({names})")
                 yield f"{name}:{start}", dict(zip(header, row))
         except csv.Error as exc:
             raise MinillmError(f"{name}:{reader.line_num}: invalid CSV ({exc})") from None
