@@ -138,3 +138,16 @@ def served_teacher(tiny_models):
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def restore_the_interrupt_handler():
+    """A command run in-process that stops for Ctrl-C ignores further ones (``cli.ignore_further_interrupts``):
+    that must not outlive its test, or every process a later test starts inherits SIGINT ignored (an ignored
+    signal survives exec, and Python then installs no KeyboardInterrupt handler) and never stops on Ctrl-C."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) is not handler:
+        signal.signal(signal.SIGINT, handler)

@@ -162,9 +162,14 @@ def test_the_serve_command_starts_answers_and_stops(tiny_models, tmp_path):
     import signal
 
     model = tiny_models("llama", layers=3, seed=2)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MY_KEY": "k-123"}
+    # In-process DeepSpeed tests leave RANK / LOCAL_RANK / WORLD_SIZE in this worker's environment
+    # (distributed.single_process_env); a server started with them would take itself for a launched process.
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {key: value for key, value in os.environ.items() if key not in launcher}
+    env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MY_KEY": "k-123"})
     process = subprocess.Popen([sys.executable, "-m", "minillm_cli", "serve", str(model), "--port", "0", "--device",
-                                "cpu", "--api-key-env", "MY_KEY"], stderr=subprocess.PIPE, text=True, env=env)
+                                "cpu", "--api-key-env", "MY_KEY"], stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as a terminal starts it
     try:
         line = ""
         while "serving" not in line:
