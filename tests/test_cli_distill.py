@@ -446,3 +446,28 @@ def test_default_job_warm_starts_by_sft_then_runs_minillm(teacher, home, tmp_pat
     code, _, err = run(capsys, "distill", "--resume", output, "train.steps=3", "--no-progress")
     assert code == 0, err
     assert "warm start" not in err and (output / "warm_start" / "final").stat().st_mtime_ns == warm_final
+
+
+def test_patience_stops_when_validation_stops_improving(teacher, home, tmp_path, capsys):
+    """eval.patience N: the run ends after N validations in a row without a better select_by metric, exports final
+    as at the last step without validating that step twice, and logs the teacher's token count of every step."""
+    output = tmp_path / "run"
+    code, out, err = distill(capsys, teacher, output, "--objective", "kd", "train.steps=40", "eval.every=1",
+                             "eval.patience=2", "eval.select_by=rougeL", "checkpoint.every=0")
+    assert code == 0, err
+    records = read_metrics(output)
+    validations = [r for r in records if "valid_loss" in r and r["step"] > 0]
+    best, best_step, stop = None, None, None
+    for v in validations:   # the rule, replayed from the log
+        if best is None or v["valid_rougeL"] > best:
+            best, best_step = v["valid_rougeL"], v["step"]
+        if sum(1 for w in validations if best_step < w["step"] <= v["step"]) >= 2:
+            stop = v["step"]
+            break
+    steps = [r["step"] for r in train_records(records)]
+    assert stop is not None and steps[-1] == stop < 40
+    assert "(eval.patience)" in flat(out + err)
+    assert [v["step"] for v in validations].count(stop) == 1      # the final validation is the patience one
+    assert_loadable(output / "final")
+    tokens = [r["teacher_tokens"] for r in train_records(records)]
+    assert tokens[0] > 0 and all(b > a for a, b in zip(tokens, tokens[1:]))   # kd runs the teacher every step

@@ -215,3 +215,77 @@ def test_unknown_plan_name_and_missing_data_dir(tmp_path):
     assert result.returncode == 2 and "did you mean 'smollm2_dolly'" in result.stderr
     result = compare("--plan", "smollm2_dolly")
     assert result.returncode == 2 and "pass --data-dir" in result.stderr
+
+
+CONVERGED = PLANS_DIR / "smollm2_dolly_converged.yaml"
+
+
+def test_converged_plan_loads_with_its_sweeps_and_ablations():
+    plan = load_plan("smollm2_dolly_converged")
+    assert plan.sweeps["KD"] == ["KD-lr5e-05", "KD-lr0.0002"]
+    assert set(plan.sweeps) == {"SFT", "MiniLLM", "KD", "GKD", "DistiLLM", "SeqKD"}
+    runs = {s.name: s for s in plan.stages}
+    # everything that starts from the SFT student waits for both of its runs: the winner is known only then
+    assert {"SFT-lr0.0002", "SFT-lr0.0005", "teacher"} <= set(runs["KD-lr0.0002"].after)
+    assert runs["KD-lr0.0002"].overrides[-1] == "train.lr=0.0002" and runs["KD-lr0.0002"].swept == ["train.lr=0.0002"]
+    ablations = {"MiniLLM_no_length_norm": "objective.length_norm=false", "MiniLLM_no_teacher_mix": "objective.alpha=0",
+                 "MiniLLM_no_single_step": "objective.single_step=false"}
+    for name, override in ablations.items():
+        assert override in runs[name].overrides and runs[name].recipe == "smollm2/dolly_converged/MiniLLM"
+    for stage in plan.stages:
+        config, _ = load_config(recipe_path(stage.recipe))
+        assert config.train.precision == "fp32"
+    assert "SeqKD_data" in runs["SeqKD-lr5e-05"].after
+    assert plan.evaluate.models[:2] == ["teacher", "SFT"] and plan.evaluate.limit == 100
+
+
+def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_path, data_dir, monkeypatch):
+    """The paper-regime plan on tiny models (the reduced version CI runs): healing, sweeps, ablations, report."""
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "home"))
+    teacher = tiny_models("llama", layers=4)
+    plan = yaml.safe_load(CONVERGED.read_text())
+    plan["output_dir"] = str(tmp_path / "out")
+    plan["budget_minutes"] = 5
+    plan["overrides"] = plan["overrides"] + TINY_SHARED + ["eval.every=1", "eval.patience=0"]
+    extra = {"teacher": [f"teacher={teacher}", f"student={teacher}"],
+             "student_heal": [f"teacher={teacher}", "student_layers=2", "data.lm_chunk_tokens=16"],
+             "MiniLLM": ["data.lm_chunk_tokens=16"], "SeqKD_data": ["train.steps=1"]}
+    for stage in plan["stages"]:
+        stage["overrides"] = list(stage.get("overrides") or []) + extra.get(stage["name"], [])
+        if stage["name"].startswith("MiniLLM_"):
+            stage["overrides"].append("data.lm_chunk_tokens=16")
+        if stage["name"] not in ("SFT", "MiniLLM", "KD"):
+            stage.pop("sweep", None)   # CI time: three sweeps show the mechanism
+    plan["evaluate"].update(seeds=[10, 20], limit=2, max_new_tokens=4, batch_size=2,
+                            exposure={"teacher": "teacher", "suite": "dolly", "limit": 2, "max_len": 4},
+                            args=["--set", "dolly.teacher_measures_limit=1", "--set", "dolly.teacher_measures_seeds=1"])
+    path = tmp_path / "converged.yaml"
+    path.write_text("# minillm compare --plan converged.yaml\n# the converged plan on tiny models\n" + yaml.safe_dump(plan))
+    done = compare("--plan", path, "--data-dir", data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    results = json.loads((out / "results" / "comparison.json").read_text())
+    models = plan["evaluate"]["models"]
+    assert list(results["results"]) == models
+    for model in models:
+        dolly = results["results"][model]["dolly"]
+        assert "rougeL" in dolly
+        if model != "teacher":   # the mode-seeking measures, against the teacher
+            assert {"teacher_nll", "student_nll_on_teacher", "rkl_own_samples"} <= set(dolly)
+    stages = results["stages"]
+    # a swept stage reads as its winner: the run with the best validation by its own select_by
+    for name, select_by in (("SFT", "loss"), ("KD", "rougeL")):
+        sweep = stages[name]["sweep"]
+        assert set(sweep) == set(load_plan(str(path)).sweeps[name]) and stages[name]["chosen"] in sweep
+        assert all(s["select_by"] == select_by for s in sweep.values())
+        if select_by == "loss":
+            assert sweep[stages[name]["chosen"]]["valid_loss"] == min(s["valid_loss"] for s in sweep.values())
+        assert stages[name]["settings"]["train.lr"] in {"0.0002", "0.0005", "5e-05"}
+    chosen_sft = stages["SFT"]["chosen"]
+    assert f"student={out / chosen_sft / 'best'}" in (out / "logs" / "train_KD-lr5e-05.log").read_text()
+    assert stages["student_heal"]["objective"] == "text_kd" if "student_heal" in stages else True
+    # the budget's second unit: teacher-forward tokens, counted by every run that used the teacher
+    metrics = [json.loads(line) for line in (out / "KD-lr5e-05" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["teacher_tokens"] for m in metrics if "loss" in m][-1] > 0
+    sft = [json.loads(line) for line in (out / chosen_sft / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["teacher_tokens"] == 0 for m in sft if "loss" in m)

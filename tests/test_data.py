@@ -603,3 +603,13 @@ def test_a_csv_header_cell_with_a_line_break_keeps_the_error_on_one_line(tmp_pat
         list(file_records(path, "data.csv"))
     message = str(info.value)
     assert "\n" not in message and "instr\\nuction" in message and "columns, but the header has 3" in message
+
+
+def test_a_corpus_may_join_several_fields_of_instruction_records(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"instruction": "Name a colour.", "input": "", "output": "Blue."}\n'
+                    '{"instruction": "Summarise.", "input": "Some context.", "output": "Short."}\n')
+    texts = list(load_texts(path, text_field=["instruction", "input", "output"]))
+    assert texts == ["Name a colour.\n\nBlue.", "Summarise.\n\nSome context.\n\nShort."]   # empty fields skipped
+    with pytest.raises(MinillmError, match="missing field 'context'.*data.lm_text_fields"):
+        list(load_texts(path, text_field=["instruction", "context"]))

@@ -52,7 +52,7 @@ FAMILIES = builtin(plugins.model_families(), "register_model_families")
 
 
 def test_the_builtins_are_all_here():
-    assert set(OBJECTIVES) == {"sft", "kd", "seqkd", "rkl", "tvd", "gkd", "distillm", "minillm"}
+    assert set(OBJECTIVES) == {"sft", "kd", "seqkd", "rkl", "tvd", "gkd", "distillm", "minillm", "text_kd"}
     assert {"default", "dolly", "selfinst", "vicuna", "sinst", "uinst", "exposure", "calibration", "judge"} <= set(EVALUATORS)
     assert {"gpt2", "opt", "llama", "mistral", "qwen2", "gemma", "smollm2"} <= set(FAMILIES)
 

@@ -90,3 +90,17 @@ def test_eval_with_a_teacher_reports_them_per_model_and_suite(refs, tmp_path, ca
                            "--set", "default.teacher_measures=false", "--out", tmp_path / "off", *TINY_EVAL)
     assert code == 0, err
     assert "teacher_nll" not in (tmp_path / "off" / "results.json").read_text()
+
+
+def test_measures_limit_and_seeds_restrict_the_scored_samples(student, teacher, tokenizer):
+    """teacher_measures_limit / _seeds: the same measures computed on the first N prompts and first K seeds only."""
+    ctx = EvalContext(model_name="m", model=copy.deepcopy(student), tokenizer=tokenizer, seeds=[10, 20],
+                      sampling=SamplingConfig(max_new_tokens=6), batch_size=2, teacher_loader=lambda: teacher)
+    restricted = protocol.run(ctx, EXAMPLES, "held-out", with_loss=False, measures_limit=2, measures_seeds=1).metrics
+    mode_seeking._TEACHER_SAMPLES.clear()
+    by_seed, _ = protocol.sample(ctx, EXAMPLES, "held-out")
+    subset = {10: [r for r in by_seed[10] if r["index"] < 2]}
+    expected = mode_seeking.mode_seeking_metrics(ctx, EXAMPLES[:2], subset)
+    for key in mode_seeking.KEYS:
+        assert restricted[key] == pytest.approx(expected[key], rel=1e-6)
+    assert len(EXAMPLES) > 2

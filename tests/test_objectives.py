@@ -494,3 +494,23 @@ def test_training_brings_the_student_closer_to_the_teacher(student, teacher, tok
         optimizer.step()
     after = brute(measure, student, teacher, held_out)
     assert after < factor * before, (before, after)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.3])
+def test_text_kd_distils_on_every_token_of_the_text_batch(student, teacher, tokenizer, batch, ratio):
+    """text_kd replaces the gold batch by a plain-text batch whose every token counts, then (1 − r)·CE + r·FKL."""
+    texts = [tokenizer.encode("the cat sat on the mat and the dog sat too"), tokenizer.encode("a b c d e f g h i j k")]
+    width = min(len(t) for t in texts)
+    text_batch = make_batch([[t[0]] for t in texts], [t[1:width] for t in texts], tokenizer.pad_token_id, source="text")
+    ctx = make_ctx(student, teacher, tokenizer, batch)
+    ctx.lm_batch = lambda: text_batch
+    obj = objective("text_kd", ratio=ratio)
+    prepared = obj.prepare_batch(batch, ctx)
+    assert prepared is text_batch and int(prepared.loss_mask.sum()) == 2 * (width - 1)   # every text token
+    ctx.num_tokens = prepared.num_tokens
+    out = obj.loss(prepared, ctx)
+    ce, fkl = brute("ce", student, teacher, prepared), brute("fkl", student, teacher, prepared)
+    assert fkl > 0.05
+    assert float(out.loss.detach()) == pytest.approx((1 - ratio) * ce + ratio * fkl, rel=1e-5)
+    assert out.metrics["fkl"] == pytest.approx(fkl, rel=1e-5)
+    assert obj.needs == {"gold", "teacher", "lm_chunks"}

@@ -169,7 +169,7 @@ def test_numbers_are_read_as_numbers(tmp_path, fake_objectives):
 
 SHIPPED = [row[0] for row in list_recipes()]
 BASELINES = {"KD": "kd", "SFT": "sft", "RKL": "rkl", "GKD": "gkd", "DistiLLM": "distillm", "TVD": "tvd", "SeqKD": "seqkd"}
-OBJECTIVE_OF = {**BASELINES, "MiniLLM": "minillm"}
+OBJECTIVE_OF = {**BASELINES, "MiniLLM": "minillm", "heal": "text_kd"}
 # The laptop-scale baseline recipes; the paper's recipes are checked in test_paper_recipes.py.
 BASELINE_RECIPES = sorted({f"smollm2/135M_to_6L_{suffix}" for suffix in BASELINES} | {"gpt2/xl_to_base_KD"})
 

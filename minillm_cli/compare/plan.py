@@ -3,11 +3,13 @@
 A plan names distill stages (each a recipe plus overrides) and the models to evaluate. Overrides may use
 ``{data_dir}``, ``{output_dir}`` and ``{STAGE}`` (the exported model of another stage, which makes that stage
 a dependency). Stages marked ``budget: true`` get the same wall time, ``train.max_minutes = budget_minutes``.
+A stage with ``sweep`` runs once per swept value; its name then stands for the winner on validation (``sweep``).
 Shipped plans live in ``recipes/compare/``; ``minillm compare --plan NAME`` finds them by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -17,6 +19,7 @@ from typing import Optional
 
 from ..errors import MinillmError, unknown_name
 from ..config.library import RECIPES_DIR
+from .sweep import expand
 
 PLANS_DIR = RECIPES_DIR / "compare"
 EXPORTS = ("final", "best")
@@ -32,6 +35,8 @@ class Stage:
     budget: bool = False             # gets train.max_minutes = plan.budget_minutes
     overrides: list = field(default_factory=list)
     after: list = field(default_factory=list)   # stages whose exports this one uses (from the overrides), and explicit ones
+    sweep_of: Optional[str] = None   # the swept stage this run is one value of
+    swept: list = field(default_factory=list)   # its swept settings, as overrides ("train.lr=0.0001")
 
 
 @dataclass
@@ -57,9 +62,14 @@ class Plan:
     threads: Optional[int] = None
     budget_minutes: Optional[float] = None
     overrides: list = field(default_factory=list)   # applied to every stage, before its own
+    sweeps: dict = field(default_factory=dict)      # swept stage name -> its runs' names (stages of their own)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    def names(self) -> list:
+        """Every name a plan may refer to: the stages and the swept stages (which stand for their winners)."""
+        return [s.name for s in self.stages] + list(self.sweeps)
 
 
 def list_plans() -> list[tuple[str, str]]:
@@ -135,7 +145,8 @@ def load_plan(plan: str) -> Plan:
     for key in ("stages", "evaluate"):
         if key not in data:
             raise MinillmError(f"{path}: the plan has no '{key}'; see recipes/compare/smollm2_dolly.yaml for an example")
-    stages = []
+    stages: list = []
+    sweeps: dict = {}
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise MinillmError(f"{_where(path, lines, 'stages')}: 'stages' must be a non-empty list of {{name, recipe, ...}}")
@@ -143,11 +154,11 @@ def load_plan(plan: str) -> Plan:
         if not isinstance(item, dict) or "name" not in item or "recipe" not in item:
             raise MinillmError(f"{_where(path, lines, 'stages')}: every stage needs a name and a recipe, got {item!r}")
         where = _where(path, lines, f"stage:{item['name']}")
-        _check_keys(item, ("name", "recipe", "export", "budget", "overrides", "after"), f"stage '{item['name']}'", where)
+        _check_keys(item, ("name", "recipe", "export", "budget", "overrides", "after", "sweep"), f"stage '{item['name']}'", where)
         name = str(item["name"])
         if not _NAME.match(name) or name in _RESERVED:
             raise MinillmError(f"{where}: stage name '{name}' must be a letter then letters, digits, _ or - (and not data_dir/output_dir)")
-        if any(s.name == name for s in stages):
+        if any(s.name == name or s.sweep_of == name for s in stages):
             raise MinillmError(f"{where}: two stages are named '{name}'; give each a different name")
         export = item.get("export", "final")
         if export not in EXPORTS:
@@ -156,12 +167,19 @@ def load_plan(plan: str) -> Plan:
         after = item.get("after") or []
         if not isinstance(overrides, list) or not isinstance(after, list):
             raise MinillmError(f"{where}: 'overrides' and 'after' are lists")
-        stages.append(Stage(name=name, recipe=str(item["recipe"]), export=export, budget=bool(item.get("budget", False)),
-                            overrides=[str(o) for o in overrides], after=[str(a) for a in after]))
-    names = [s.name for s in stages]
+        stage = Stage(name=name, recipe=str(item["recipe"]), export=export, budget=bool(item.get("budget", False)),
+                      overrides=[str(o) for o in overrides], after=[str(a) for a in after])
+        if "sweep" in item:
+            runs = expand(name, item["sweep"], where)
+            sweeps[name] = [child for child, _ in runs]
+            stages.extend(dataclasses.replace(stage, name=child, overrides=stage.overrides + extra, after=list(stage.after),
+                                              sweep_of=name, swept=extra) for child, extra in runs)
+        else:
+            stages.append(stage)
+    names = [s.name for s in stages] + list(sweeps)
     shared = [str(o) for o in data.get("overrides") or []]
     for stage in stages:
-        where = _where(path, lines, f"stage:{stage.name}")
+        where = _where(path, lines, f"stage:{stage.sweep_of or stage.name}")
         for template in shared + stage.overrides:
             for ref in _fields(template, where):
                 if ref in _RESERVED:
@@ -173,6 +191,10 @@ def load_plan(plan: str) -> Plan:
         for ref in stage.after:
             if ref not in names:
                 raise unknown_name(f"stage in {where} 'after'", ref, names)
+        # a swept stage is ready when all its runs are: the winner is known only then
+        stage.after = list(dict.fromkeys(r for ref in stage.after for r in sweeps.get(ref, [ref])))
+        if stage.name in stage.after:
+            raise MinillmError(f"{where}: stage '{stage.sweep_of or stage.name}' uses its own export; remove that reference")
     _check_acyclic(stages, path)
     budget = data.get("budget_minutes")
     if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
@@ -187,7 +209,7 @@ def load_plan(plan: str) -> Plan:
     return Plan(
         path=path, title=_title(text), output_dir=str(data.get("output_dir") or f"runs/{path.stem}"), stages=stages,
         evaluate=evaluate, parallel=data.get("parallel") or 1, threads=data.get("threads"),
-        budget_minutes=budget, overrides=shared,
+        budget_minutes=budget, overrides=shared, sweeps=sweeps,
     )
 
 

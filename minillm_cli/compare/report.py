@@ -114,6 +114,10 @@ def write_comparison(comparison) -> dict:
     out = comparison.out / "results"
     out.mkdir(parents=True, exist_ok=True)
     summaries = {s.name: training_summary(comparison, s) for s in comparison.plan.stages}
+    for name, runs in comparison.plan.sweeps.items():   # a swept stage reads as its winner, with the sweep
+        chosen = comparison.winner(name)
+        summaries[name] = {**summaries.get(chosen, {}), "chosen": chosen, "sweep": comparison.sweep_scores(name),
+                           "settings": dict(o.split("=", 1) for o in comparison.plan.stage(chosen).swept) if chosen else {}}
     merged = merged_report(comparison)
     machine = _machine()
     machine["torch_threads_per_stage"] = comparison.threads

@@ -60,11 +60,28 @@ class Comparison:
         return self.out / stage
 
     def model_dir(self, stage: str) -> Path:
-        """The exported model that stands for a stage (best falls back to final, as distill's does)."""
+        """The exported model that stands for a stage (best falls back to final, as distill's does); for a swept
+        stage, its winner's (before the sweep has finished: its first run's, for dry runs)."""
+        if stage in self.plan.sweeps:
+            stage = self.winner(stage) or self.plan.sweeps[stage][0]
         run = self.run_dir(stage)
         if self.plan.stage(stage).export == "best" and (run / "best").is_dir():
             return run / "best"
         return run / "final"
+
+    def sweep_scores(self, stage: str) -> dict:
+        """{run: its best validation (sweep.validation_score), or None while it has not finished}."""
+        from .sweep import validation_score
+
+        return {child: validation_score(self.run_dir(child)) if (self.run_dir(child) / "final").is_dir() else None
+                for child in self.plan.sweeps[stage]}
+
+    def winner(self, stage: str) -> Optional[str]:
+        """The run of a swept stage that stands for it, once all its runs have finished."""
+        from .sweep import choose
+
+        scores = self.sweep_scores(stage)
+        return choose(scores) if all(v is not None for v in scores.values()) else None
 
     def eval_dir(self, stage: str) -> Path:
         return self.out / "eval" / stage
@@ -77,10 +94,13 @@ class Comparison:
     def jobs(self) -> list[Job]:
         jobs = [Job(f"train {s.name}", "train", s.name, [f"train {a}" for a in s.after]) for s in self.plan.stages]
         exposure = self.plan.evaluate.exposure
+        def trained(name):
+            return [f"train {run}" for run in self.plan.sweeps.get(name, [name])]
+
         for model in self.plan.evaluate.models:
-            after = [f"train {model}"]
+            after = trained(model)
             if exposure and exposure["teacher"] != model:
-                after.append(f"train {exposure['teacher']}")
+                after += trained(exposure["teacher"])
             jobs.append(Job(f"eval {model}", "eval", model, after))
         jobs.append(Job("report", "report", "", [f"eval {m}" for m in self.plan.evaluate.models]))
         return jobs
@@ -94,7 +114,7 @@ class Comparison:
 
     def _substitute(self, template: str) -> str:
         values = {"data_dir": self.data_dir, "output_dir": str(self.out)}
-        values.update({s.name: str(self.model_dir(s.name)) for s in self.plan.stages})
+        values.update({name: str(self.model_dir(name)) for name in self.plan.names()})
         return template.format(**values)
 
     def command(self, job: Job) -> list[str]:

@@ -32,6 +32,7 @@ class DataConfig:
     max_response_tokens: int = option(256, "Gold responses are truncated to this many tokens.", rule=greater_than(0))
     lm_corpus: Optional[str] = option(None, "Plain-text corpus for objectives with a language-modelling term.")
     lm_chunk_tokens: int = option(512, "Length of the packed plain-text chunks.", rule=greater_than(0))
+    lm_text_fields: list = field(default_factory=lambda: ["text"], metadata={"help": "Fields whose text makes a document of a JSONL/JSON/CSV/Parquet lm_corpus, joined by a blank line (empty ones skipped), e.g. [instruction, input, output] to read instruction data as plain text."})
     teacher_logits: Optional[str] = option(None, "Cached top-k teacher log-probabilities (`minillm generate --save-logits K` writes X.logits.safetensors): kd, rkl, gkd (lmbda 0) and distillm (off-policy) train from them without loading the teacher.")
     seed: int = option(0, "Seed of the train/validation split.")
 
@@ -85,6 +86,7 @@ class EvalConfig:
     rouge_examples: int = option(32, "Validation prompts decoded for Rouge-L; 0 = skip Rouge-L.", rule=at_least(0))
     max_new_tokens: int = option(64, "New tokens per validation response (greedy decoding).", rule=greater_than(0))
     select_by: str = option("rougeL", "Best checkpoint by 'rougeL' (higher is better) or 'loss' (lower).", choices=("rougeL", "loss"))
+    patience: int = option(0, "Stop training after this many validations in a row (eval.every) without a better select_by metric, and export final as at the last step; 0 = never stop early.", rule=at_least(0))
     before_after: bool = option(True, "Evaluate the student before training and at the end, side by side.")
     own_samples_kl: bool = option(False, "Also measure KL(student ‖ teacher) per token on responses the student samples itself (temperature 1) for the Rouge-L prompts: the quantity MiniLLM minimises (valid_rkl_own_samples).")
     suites: list = field(default_factory=list, metadata={"help": "Extra evaluation suites (evaluator plugins, as in `minillm eval --suite`) run at each validation, e.g. [selfinst]; logged as valid_<suite>_<metric>."})

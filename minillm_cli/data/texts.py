@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import MinillmError
 from .records import open_text, type_name
@@ -15,14 +15,15 @@ _TEXT_FILES = "text file (one document per line) or JSONL/JSON/CSV/Parquet file 
 
 
 def load_texts(
-    source: Union[str, os.PathLike], *, text_field: str = "text", split: Optional[str] = None
+    source: Union[str, os.PathLike], *, text_field: Union[str, Sequence[str]] = "text", split: Optional[str] = None
 ) -> Iterator:
     """Documents of a plain-text corpus, lazily.
 
     ``"default"``: the embedded corpus. ``.txt``: one document per line; blank lines are skipped (the same
     convention as the embedded corpus, and the same as JSONL with the JSON taken away). ``.jsonl`` /
     ``.json`` / ``.csv`` / ``.parquet`` files, directories (with ``split``) and hub datasets: the
-    ``text_field`` of each record. The source is checked now; records as they are read.
+    ``text_field`` of each record, or several fields' texts joined by a blank line (a list: instruction data read
+    as plain text). The source is checked now; records as they are read.
     """
     if is_embedded(source):
         resource = embedded_resource("default_corpus.txt", "corpus", "a text file")
@@ -55,20 +56,27 @@ def _txt_documents(path: Path, name: str) -> Iterator:
     return documents()
 
 
-def _record_texts(records: Iterator, text_field: str) -> Iterator:
+def _record_texts(records: Iterator, text_field) -> Iterator:
+    fields = [text_field] if isinstance(text_field, str) else list(text_field)
+    if not fields:
+        raise MinillmError("data.lm_text_fields is empty; name the field(s) that hold the text, e.g. [text]")
     for label, record in records:
-        if text_field not in record:
-            present = ", ".join(map(str, record)) if record else "none"
-            raise MinillmError(
-                f"{label}: missing field '{text_field}' (fields present: {present}; choose one with text_field)"
-            )
-        text = record[text_field]
-        if text is None:
-            continue
-        if not isinstance(text, str):
-            raise MinillmError(f"{label}: field '{text_field}' must be a string, got {type_name(text)}")
-        if text:
-            yield text
+        parts = []
+        for name in fields:
+            if name not in record:
+                present = ", ".join(map(str, record)) if record else "none"
+                raise MinillmError(
+                    f"{label}: missing field '{name}' (fields present: {present}; choose them with data.lm_text_fields)"
+                )
+            text = record[name]
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise MinillmError(f"{label}: field '{name}' must be a string, got {type_name(text)}")
+            if text:
+                parts.append(text)
+        if parts:
+            yield "\n\n".join(parts)
 
 
 def pack_texts(

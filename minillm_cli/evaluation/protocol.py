@@ -175,9 +175,10 @@ def _seed_of(path: Path) -> int:
 
 
 def run(ctx, examples: Sequence, suite: str, *, settings: Optional[dict] = None, with_loss: bool = True,
-        teacher_measures: bool = True):
+        teacher_measures: bool = True, measures_limit: Optional[int] = None, measures_seeds: Optional[int] = None):
     """The whole protocol on one model: sample, save, score, the test loss on the references and, when a teacher is
-    given and ``teacher_measures``, the mode-seeking measures (``mode_seeking``)."""
+    given and ``teacher_measures``, the mode-seeking measures (``mode_seeking``) on the first ``measures_limit``
+    prompts and the samples of the first ``measures_seeds`` seeds."""
     from .base import SuiteResult
     from .metrics import test_loss
 
@@ -198,7 +199,10 @@ def run(ctx, examples: Sequence, suite: str, *, settings: Optional[dict] = None,
     if teacher_measures and ctx.teacher_loader is not None:
         from .mode_seeking import mode_seeking_metrics
 
-        metrics.update(mode_seeking_metrics(ctx, examples, by_seed))
+        kept = list(examples)[:measures_limit] if measures_limit else list(examples)
+        seeds = sorted(by_seed)[:measures_seeds] if measures_seeds else sorted(by_seed)
+        metrics.update(mode_seeking_metrics(
+            ctx, kept, {seed: [r for r in by_seed[seed] if r["index"] < len(kept)] for seed in seeds}))
     return SuiteResult(
         suite=suite, metrics=metrics, headline="rougeL", details=details, settings=dict(settings or {}),
         files={f"generations_seed_{seed}": path for seed, path in files.items()},

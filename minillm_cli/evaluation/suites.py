@@ -78,11 +78,18 @@ class SuiteOptions:
     limit: Optional[int] = option(None, "Use only the first N examples (default: --limit).")
     min_reference_words: int = option(0, "Drop examples whose gold response has fewer words (rouge_score words).")
     teacher_measures: bool = _teacher_measures()
+    teacher_measures_limit: Optional[int] = option(None, "The teacher measures on the first N prompts only (the teacher scores every sample: on a CPU the costliest part of an evaluation); default all.")
+    teacher_measures_seeds: Optional[int] = option(None, "teacher_nll and rkl_own_samples over the samples of the first K seeds only; default every seed.")
 
     def validate(self) -> list:
-        return _check_limit(self.limit) + (
+        return _check_limit(self.limit) + _check_measures(self) + (
             [f"min_reference_words must be >= 0, got {self.min_reference_words}"] if self.min_reference_words < 0 else []
         )
+
+
+def _check_measures(options) -> list:
+    return [f"{name} must be >= 1, got {value}" for name in ("teacher_measures_limit", "teacher_measures_seeds")
+            if (value := getattr(options, name)) is not None and value < 1]
 
 
 def _check_limit(limit) -> list:
@@ -167,7 +174,8 @@ class InstructionSuite(Evaluator):
         examples, settings = self.load(ctx)
         settings["options"] = asdict(self.options)
         ctx.log(f"{ctx.model_name} on {self.name}: {len(examples)} examples × {len(ctx.seeds)} seeds")
-        return protocol.run(ctx, examples, self.name, settings=settings, teacher_measures=self.options.teacher_measures)
+        return protocol.run(ctx, examples, self.name, settings=settings, teacher_measures=self.options.teacher_measures,
+                            measures_limit=self.options.teacher_measures_limit, measures_seeds=self.options.teacher_measures_seeds)
 
 
 # --- the suites ---------------------------------------------------------------------------------------------------
@@ -177,9 +185,11 @@ class InstructionSuite(Evaluator):
 class DefaultOptions:
     limit: Optional[int] = option(None, "Use only the first N examples (default: --limit).")
     teacher_measures: bool = _teacher_measures()
+    teacher_measures_limit: Optional[int] = option(None, "The teacher measures on the first N prompts only (the teacher scores every sample: on a CPU the costliest part of an evaluation); default all.")
+    teacher_measures_seeds: Optional[int] = option(None, "teacher_nll and rkl_own_samples over the samples of the first K seeds only; default every seed.")
 
     def validate(self) -> list:
-        return _check_limit(self.limit)
+        return _check_limit(self.limit) + _check_measures(self)
 
 
 class DefaultSuite(InstructionSuite):

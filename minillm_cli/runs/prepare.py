@@ -211,7 +211,7 @@ def prepare(config, objective_options, *, console=None, progress: bool = True, c
         teacher_cache.check(train_tok.examples, width)
     lm_chunks = None
     if "lm_chunks" in needs:
-        lm_chunks = pack_texts(load_texts(data_cfg.lm_corpus or "default"), tokenizer, chunk_tokens=data_cfg.lm_chunk_tokens)
+        lm_chunks = pack_texts(load_texts(data_cfg.lm_corpus or "default", text_field=data_cfg.lm_text_fields), tokenizer, chunk_tokens=data_cfg.lm_chunk_tokens)
     data = EngineData(
         train=train_tok.examples,
         valid=valid_tok.examples,

@@ -46,6 +46,7 @@ class TrainerState:
     bad_steps_in_row: int = 0         # the current run of consecutive skipped steps
     last_bad_term: Optional[str] = None   # the loss term (or 'gradient') that was last non-finite
     seconds_used: float = 0.0         # wall time of the run so far, across resumes (train.max_minutes)
+    teacher_tokens: int = 0           # token positions the teacher computed in training steps (teacher_tokens.py)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..data.batches import Batch, make_batch
 from .checkpoint import TrainerState, export_model, load_checkpoint, save_checkpoint
+from .teacher_tokens import TeacherTokenCounter
 from ..models.forward import Forward, forward_hidden, output_head
 from ..models.generation import SamplingConfig, generate
 from ..objective import Objective, StepContext
@@ -50,6 +51,7 @@ class RunResult:
     seconds_per_step: float = 0.0
     tokens_per_second: float = 0.0
     out_of_time: bool = False          # stopped by train.max_minutes before the last step
+    plateaued: bool = False            # stopped by eval.patience: validation stopped improving
 
 
 class Engine(SamplingServices):
@@ -83,6 +85,7 @@ class Engine(SamplingServices):
         self.total_steps = train.steps or max(1, math.ceil(train.epochs * self.stream.batches_per_epoch() / train.grad_accum))
         self.teacher = sharding.place_teacher(teacher, config, self.accelerator)
         self.teacher_partitioned = sharding.is_partitioned(self.teacher)
+        self.teacher_counter = TeacherTokenCounter(self.teacher)   # a budget's second unit, beside wall time
         self.teacher_cache, self.served_teacher = teacher_cache, served_teacher
         self.suite_validation = suite_validation
         # The fused AdamW kernel makes one pass over the parameters instead of about ten (on a CPU ~6× faster for
@@ -177,6 +180,7 @@ class Engine(SamplingServices):
 
     def train_step(self) -> dict:
         """One optimizer step over ``grad_accum`` micro-batches; returns the step's global loss and metrics."""
+        self.teacher_counter.take()   # what validation computed between steps is not training
         micro = [self._next_batch() for _ in range(self.config.train.grad_accum)]
         ctx = self._context(num_tokens=1.0)
         micro = self.objective.prepare_step(micro, ctx)           # on-policy objectives sample here
@@ -194,6 +198,8 @@ class Engine(SamplingServices):
         self.state.step += 1
         self.state.tokens_seen += int(loss_tokens)
         totals["tokens"], totals["sequence_tokens"] = loss_tokens, sequence_tokens
+        self.state.teacher_tokens += self.teacher_counter.take()
+        totals["teacher_tokens"] = self.state.teacher_tokens   # so far, in this process
         return totals
 
     def _next_batch(self) -> Batch:
@@ -402,18 +408,27 @@ class Engine(SamplingServices):
                         self.state.step, self.state.bad_steps_in_row, self.state.last_bad_term, self.output_dir
                     )
                 if self.display.enabled:   # the speed so far, the same figure as the summary's at the end
-                    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "seconds", "tokens_per_second", "grad_norm"))
+                    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("lr", "tokens", "sequence_tokens", "teacher_tokens", "seconds", "tokens_per_second", "grad_norm"))
                     self.display.update(completed=self.state.step, info=f"{terms} | {sum(token_counts) / max(sum(step_times), 1e-9):.0f} sequence tokens/s")
                 result.out_of_time = self._out_of_time() and self.state.step < self.total_steps
                 at_end = self.state.step == self.total_steps or result.out_of_time
                 if cfg.eval.every and (self.state.step % cfg.eval.every == 0) and not at_end:
                     self._validate_and_select()
+                    result.plateaued = self._plateaued()
+                    at_end = at_end or result.plateaued
                 if cfg.checkpoint.every and self.state.step % cfg.checkpoint.every == 0 and not at_end:
                     self.save()
                 if stop.requested and not at_end:
                     path = self.save()
                     result.interrupted = True
                     result.final_dir = path
+                    break
+                if result.plateaued:
+                    if self.console is not None and self.accelerator.is_main_process:
+                        self.console.print(
+                            f"no better validation {cfg.eval.select_by} in the last {cfg.eval.patience} validations "
+                            f"(eval.patience) after step {self.state.step}; exporting final"
+                        )
                     break
                 if result.out_of_time:
                     if self.console is not None and self.accelerator.is_main_process:
@@ -424,7 +439,9 @@ class Engine(SamplingServices):
                     break
         if not result.interrupted:
             refuse_untrained(self.state, self.output_dir, self.run_log)   # every step skipped: nothing to export
-            final = self._validate_and_select()
+            # a run stopped by eval.patience has just validated this very step
+            final = ({k: v for k, v in self.state.history[-1].items() if k != "step"} if result.plateaued
+                     else self._validate_and_select())
             result.after = final
             self.save()
             result.final_dir = self._export("final")
@@ -452,6 +469,13 @@ class Engine(SamplingServices):
 
             spent = float(self._reduce_sum(torch.tensor(spent, device=self.device)).item())
         return spent > 0
+
+    def _plateaued(self) -> bool:
+        """Whether the last eval.patience validations all came after the best one (early stopping)."""
+        patience = self.config.eval.patience
+        if not patience or self.state.best_step is None:
+            return False
+        return sum(1 for h in self.state.history if h["step"] > self.state.best_step) >= patience
 
     def _validate_and_select(self) -> dict:
         results = self.validate()

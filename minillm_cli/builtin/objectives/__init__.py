@@ -12,7 +12,8 @@ def register_objectives(register):
     from .rkl import RKL
     from .seqkd import SeqKD
     from .sft import SFT
+    from .text_kd import TextKD
     from .tvd import TVD
 
-    for objective in (SFT, KD, SeqKD, RKL, TVD, GKD, DistiLLM, MiniLLM):
+    for objective in (SFT, KD, SeqKD, RKL, TVD, GKD, DistiLLM, MiniLLM, TextKD):
         register(objective)
