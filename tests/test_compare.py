@@ -289,3 +289,7 @@ def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_
     assert [m["teacher_tokens"] for m in metrics if "loss" in m][-1] > 0
     sft = [json.loads(line) for line in (out / chosen_sft / "metrics.jsonl").read_text().splitlines()]
     assert all(m["teacher_tokens"] == 0 for m in sft if "loss" in m)
+    # the validation curves, in both units of the budget
+    curve = stages["KD"]["validations"]
+    assert [v["step"] for v in curve] == [1, 2] and curve[-1]["teacher_tokens"] == stages["KD"]["teacher_tokens"] > 0
+    assert (out / "results" / "validation.png").is_file() and (out / "results" / "mode_seeking.png").is_file()

@@ -49,7 +49,25 @@ def training_summary(comparison, stage) -> dict:
     if validations:
         last = validations[-1]
         summary["final_validation"] = {k: v for k, v in last.items() if k.startswith("valid_")}
+    if steps:
+        summary["teacher_tokens"] = steps[-1].get("teacher_tokens")
+    summary["validations"] = validation_history(records)
     return summary
+
+
+def validation_history(records: list) -> list:
+    """Each validation of a run with the budget spent when it ran: {step, valid_rougeL, valid_loss, step_seconds
+    (training time so far), teacher_tokens (so far)}: the curves of what more steps did."""
+    history, seconds, tokens = [], 0.0, 0
+    for record in records:
+        if "loss" in record:
+            seconds += record.get("seconds", 0.0)
+            tokens = record.get("teacher_tokens", tokens)
+        if "valid_loss" in record:
+            history.append({"step": record.get("step"), "valid_rougeL": record.get("valid_rougeL"),
+                            "valid_loss": record["valid_loss"], "step_seconds": round(seconds, 1),
+                            "teacher_tokens": tokens})
+    return history
 
 
 def _seconds_used(run: Path):
@@ -123,6 +141,12 @@ def write_comparison(comparison) -> dict:
     machine["torch_threads_per_stage"] = comparison.threads
     exposure = comparison.plan.evaluate.exposure
     files = write_reports(merged, out, plots=True, reference=exposure["teacher"] if exposure else None)
+    curves = plot_validation(summaries, comparison.plan.evaluate.models, out / "validation.png")
+    if curves:
+        files["validation_plot"] = str(curves)
+    modes = plot_mode_seeking(merged, out / "mode_seeking.png")
+    if modes:
+        files["mode_seeking_plot"] = str(modes)
     document = {
         "plan": str(comparison.plan.path), "title": comparison.plan.title, "data_dir": comparison.data_dir,
         "budget_minutes": comparison.budget, "parallel": comparison.parallel, "machine": machine,
@@ -166,3 +190,68 @@ def plot_again(document_path: Path, out_dir: Path) -> list:
     }
     report = {"suites": document["evaluation"]["suites"], "results": results}
     return plot(report, Path(out_dir), reference=document.get("reference"))
+
+
+def plot_validation(summaries: dict, models: list, path: Path):
+    """validation.png: validation Rouge-L of every evaluated stage that validated more than once, against training
+    time and against teacher-forward tokens (the budget's two units); None without matplotlib or curves."""
+    try:
+        from ..evaluation.plots import _figure, _save, model_colours
+    except ImportError:
+        return None
+    series = {m: [v for v in summaries.get(m, {}).get("validations", []) if v.get("valid_rougeL") is not None]
+              for m in models}
+    series = {m: v for m, v in series.items() if len(v) > 1}
+    if not series:
+        return None
+    try:
+        figure, panels = _figure(11.0, 4.2, columns=2)
+    except ImportError:
+        return None
+    colours = model_colours(list(series))
+    for axes, key, label in ((panels[0], "step_seconds", "training time (s, one CPU thread)"),
+                             (panels[1], "teacher_tokens", "teacher-forward tokens")):
+        for model, points in series.items():
+            axes.plot([p[key] for p in points], [p["valid_rougeL"] for p in points], marker=".",
+                      color=colours[model], label=model)
+        axes.set_xlabel(label)
+        axes.set_ylabel("validation Rouge-L (greedy), higher is better", fontsize="small")
+    panels[0].legend(fontsize="x-small")
+    figure.suptitle("What more steps did: validation Rouge-L during training", fontsize="medium")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_mode_seeking(merged: dict, path: Path):
+    """mode_seeking.png: per suite, each model's teacher_nll (precision: the teacher's NLL of the model's samples)
+    against student_nll_on_teacher (coverage: the model's NLL of the teacher's samples), both lower is better;
+    None without matplotlib or without the measures (docs/evaluation.md)."""
+    try:
+        from ..evaluation.plots import SUITE_TITLES, _figure, _save, model_colours
+    except ImportError:
+        return None
+    results = merged["results"]
+    suites = [s for s in merged["suites"]
+              if any((results[m].get(s) or {}).get("metrics", {}).get("teacher_nll") is not None for m in results)]
+    if not suites:
+        return None
+    try:
+        figure, panels = _figure(5.2 * len(suites), 4.4, columns=len(suites))
+    except ImportError:
+        return None
+    colours = model_colours(list(results))
+    for axes, suite in zip(panels, suites):
+        for model, per_suite in results.items():
+            metrics = (per_suite.get(suite) or {}).get("metrics", {})
+            x, y = metrics.get("student_nll_on_teacher"), metrics.get("teacher_nll")
+            if x is None or y is None:
+                continue
+            axes.scatter([x], [y], color=colours[model], s=30)
+            axes.annotate(model, (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        axes.set_xlabel("student NLL of the teacher's samples (coverage), lower is better", fontsize="small")
+        axes.set_ylabel("teacher NLL of the student's samples (precision), lower is better", fontsize="small")
+        axes.set_title(SUITE_TITLES.get(suite, suite), fontsize="medium")
+    figure.suptitle("Precision (low: mode-seeking) against coverage (left: mass-covering), nats per token",
+                    fontsize="medium")
+    figure.tight_layout()
+    return _save(figure, path)
