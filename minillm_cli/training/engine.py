@@ -423,19 +423,10 @@ class Engine(SamplingServices):
                     result.interrupted = True
                     result.final_dir = path
                     break
-                if result.plateaued:
+                reason = self._early_stop(result)
+                if reason:
                     if self.console is not None and self.accelerator.is_main_process:
-                        self.console.print(
-                            f"no better validation {cfg.eval.select_by} in the last {cfg.eval.patience} validations "
-                            f"(eval.patience) after step {self.state.step}; exporting final"
-                        )
-                    break
-                if result.out_of_time:
-                    if self.console is not None and self.accelerator.is_main_process:
-                        self.console.print(
-                            f"time budget of {cfg.train.max_minutes:g} min (train.max_minutes) reached after step "
-                            f"{self.state.step} of {self.total_steps}; validating and exporting final"
-                        )
+                        self.console.print(reason)
                     break
         if not result.interrupted:
             refuse_untrained(self.state, self.output_dir, self.run_log)   # every step skipped: nothing to export
@@ -469,6 +460,17 @@ class Engine(SamplingServices):
 
             spent = float(self._reduce_sum(torch.tensor(spent, device=self.device)).item())
         return spent > 0
+
+    def _early_stop(self, result: RunResult) -> Optional[str]:
+        """Why the run ends before its last step (eval.patience or train.max_minutes), or None."""
+        cfg = self.config
+        if result.plateaued:
+            return (f"no better validation {cfg.eval.select_by} in the last {cfg.eval.patience} validations "
+                    f"(eval.patience) after step {self.state.step}; exporting final")
+        if result.out_of_time:
+            return (f"time budget of {cfg.train.max_minutes:g} min (train.max_minutes) reached after step "
+                    f"{self.state.step} of {self.total_steps}; validating and exporting final")
+        return None
 
     def _plateaued(self) -> bool:
         """Whether the last eval.patience validations all came after the best one (early stopping)."""

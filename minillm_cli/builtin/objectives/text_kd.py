@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...objective import LossOutput, Objective, StepContext, option
-from ._common import in_unit_interval, weighted_loss
+from ._common import weighted_loss
+from .kd import KDOptions
 
 
 @dataclass
-class TextKDOptions:
+class TextKDOptions(KDOptions):   # KD's ratio and its check, pure distillation by default
     ratio: float = option(1.0, "Weight r of the forward-KL term on the text: loss = (1 − r)·CE + r·FKL (1: pure distillation).")
-
-    def validate(self) -> list[str]:
-        return in_unit_interval("ratio", self.ratio)
 
 
 class TextKD(Objective):
