@@ -270,6 +270,7 @@ def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_
     for model in models:
         dolly = results["results"][model]["dolly"]
         assert "rougeL" in dolly
+        assert dolly["mean_new_tokens"] > 0 and 0 <= dolly["finished_percent"] <= 100   # response lengths
         if model != "teacher":   # the mode-seeking measures, against the teacher
             assert {"teacher_nll", "student_nll_on_teacher", "rkl_own_samples"} <= set(dolly)
     stages = results["stages"]

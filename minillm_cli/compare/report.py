@@ -98,6 +98,13 @@ def merged_report(comparison) -> dict:
     return merged
 
 
+def _lengths(result: dict) -> dict:
+    """The response lengths of a generation suite (its details), beside its metrics: mean new tokens over every
+    seed, and the share of responses that ended before the token limit."""
+    details = result.get("details") or {}
+    return {key: details[key] for key in ("mean_new_tokens", "finished_percent") if details.get(key) is not None}
+
+
 def _machine() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
@@ -152,7 +159,7 @@ def write_comparison(comparison) -> dict:
         "budget_minutes": comparison.budget, "parallel": comparison.parallel, "machine": machine,
         "stages": summaries, "evaluation": {"settings": merged["settings"], "suites": merged["suites"]},
         "results": {
-            model: {suite: dict(result.get("metrics", {})) for suite, result in per_suite.items()}
+            model: {suite: {**result.get("metrics", {}), **_lengths(result)} for suite, result in per_suite.items()}
             for model, per_suite in merged["results"].items()
         },
         "headlines": headline_names(merged),   # with the curves: enough to draw the plots again (plot_again)
