@@ -237,6 +237,7 @@ def test_converged_plan_loads_with_its_sweeps_and_ablations():
         assert config.train.precision == "fp32"
     assert "SeqKD_data" in runs["SeqKD-lr5e-05"].after
     assert plan.evaluate.models[:2] == ["teacher", "SFT"] and plan.evaluate.limit == 100
+    assert plan.evaluate.suites_for["MiniLLM_no_single_step"] == ["dolly"]
 
 
 def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_path, data_dir, monkeypatch):
@@ -267,7 +268,8 @@ def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_
     results = json.loads((out / "results" / "comparison.json").read_text())
     models = plan["evaluate"]["models"]
     assert list(results["results"]) == models
-    for model in models:
+    for model in models:   # the ablations on Dolly only (evaluate.suites_for), as the paper's ablation table
+        assert ("selfinst" in results["results"][model]) == (not model.startswith("MiniLLM_"))
         dolly = results["results"][model]["dolly"]
         assert "rougeL" in dolly
         assert dolly["mean_new_tokens"] > 0 and 0 <= dolly["finished_percent"] <= 100   # response lengths

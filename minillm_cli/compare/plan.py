@@ -49,6 +49,7 @@ class EvalPlan:
     batch_size: int = 8
     exposure: Optional[dict] = None  # {teacher: STAGE, suite, limit, max_len}: ExAccErr against that stage's model
     args: list = field(default_factory=list)     # extra `minillm eval` arguments
+    suites_for: dict = field(default_factory=dict)   # model -> its own suites (e.g. ablations on Dolly only)
 
 
 @dataclass
@@ -241,7 +242,7 @@ def _load_eval(raw, names: list, path: Path, lines: dict) -> EvalPlan:
     where = _where(path, lines, "evaluate")
     if not isinstance(raw, dict):
         raise MinillmError(f"{where}: 'evaluate' is a mapping with models, suites, seeds, ...")
-    known = ("models", "suites", "seeds", "limit", "max_new_tokens", "batch_size", "exposure", "args")
+    known = ("models", "suites", "seeds", "limit", "max_new_tokens", "batch_size", "exposure", "args", "suites_for")
     _check_keys(raw, known, "evaluate", where)
     models = raw.get("models") or []
     if not isinstance(models, list) or not models:
@@ -257,6 +258,13 @@ def _load_eval(raw, names: list, path: Path, lines: dict) -> EvalPlan:
         if exposure["teacher"] not in names:
             raise unknown_name(f"stage in {where} evaluate.exposure.teacher", str(exposure["teacher"]), names)
     plan = EvalPlan(models=[str(m) for m in models], exposure=exposure)
+    suites_for = raw.get("suites_for") or {}
+    if not isinstance(suites_for, dict) or not all(isinstance(v, list) and v for v in suites_for.values()):
+        raise MinillmError(f"{where}: evaluate.suites_for maps a model to its non-empty list of suites")
+    for model in suites_for:
+        if model not in plan.models:
+            raise unknown_name(f"model in {where} evaluate.suites_for", str(model), plan.models)
+    plan.suites_for = {str(k): [str(s) for s in v] for k, v in suites_for.items()}
     for key in ("suites", "seeds", "args"):
         if key in raw:
             value = raw[key]

@@ -133,7 +133,7 @@ class Comparison:
                            *fresh, *overrides, *budget]
         if job.kind == "eval":
             e = self.plan.evaluate
-            suites = list(e.suites)
+            suites = list(e.suites_for.get(job.stage, e.suites))
             extra = []
             if e.exposure and e.exposure["teacher"] != job.stage:
                 suites.append("exposure")
