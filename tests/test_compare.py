@@ -273,8 +273,11 @@ def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_
         dolly = results["results"][model]["dolly"]
         assert "rougeL" in dolly
         assert dolly["mean_new_tokens"] > 0 and 0 <= dolly["finished_percent"] <= 100   # response lengths
-        if model != "teacher":   # the mode-seeking measures, against the teacher
+        if model != "teacher" and not model.startswith("MiniLLM_"):   # the mode-seeking measures, against the teacher
             assert {"teacher_nll", "student_nll_on_teacher", "rkl_own_samples"} <= set(dolly)
+            assert "exposure" in results["results"][model]
+        if model.startswith("MiniLLM_"):   # exactly their own suites: no exposure, no teacher
+            assert "exposure" not in results["results"][model] and "teacher_nll" not in dolly
     stages = results["stages"]
     # a swept stage reads as its winner: the run with the best validation by its own select_by
     for name, select_by in (("SFT", "loss"), ("KD", "rougeL")):
@@ -296,3 +299,12 @@ def test_reduced_converged_comparison_sweeps_and_picks_winners(tiny_models, tmp_
     curve = stages["KD"]["validations"]
     assert [v["step"] for v in curve] == [1, 2] and curve[-1]["teacher_tokens"] == stages["KD"]["teacher_tokens"] > 0
     assert (out / "results" / "validation.png").is_file() and (out / "results" / "mode_seeking.png").is_file()
+
+
+def test_eval_arguments_for_suites_a_model_is_not_scored_on_are_dropped():
+    from minillm_cli.compare.runner import _args_for
+
+    args = ["--set", "dolly.teacher_measures_limit=30", "--set", "selfinst.teacher_measures_limit=30",
+            "--set=exposure.limit=16", "--dtype", "fp32"]
+    assert _args_for(args, ["dolly"]) == ["--set", "dolly.teacher_measures_limit=30", "--dtype", "fp32"]
+    assert _args_for(args, ["dolly", "selfinst", "exposure"]) == args

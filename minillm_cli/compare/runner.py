@@ -133,9 +133,10 @@ class Comparison:
                            *fresh, *overrides, *budget]
         if job.kind == "eval":
             e = self.plan.evaluate
-            suites = list(e.suites_for.get(job.stage, e.suites))
+            own = e.suites_for.get(job.stage)   # a model's own suites are exactly those: exposure only if listed
+            suites = [s for s in own if s != "exposure"] if own else list(e.suites)
             extra = []
-            if e.exposure and e.exposure["teacher"] != job.stage:
+            if e.exposure and e.exposure["teacher"] != job.stage and (own is None or "exposure" in own):
                 suites.append("exposure")
                 extra += ["--teacher", str(self.model_dir(e.exposure["teacher"]))]
                 extra += [f"--set=exposure.{k}={v}" for k, v in e.exposure.items() if k != "teacher"]
@@ -146,7 +147,7 @@ class Comparison:
                 command += ["--data-dir", self.data_dir]
             if e.limit:
                 command += ["--limit", str(e.limit)]
-            return command + extra + list(e.args)
+            return command + extra + _args_for(list(e.args), suites)
         return []
 
     def check_data(self) -> None:
@@ -327,6 +328,20 @@ class Comparison:
         files = write_comparison(self)
         record.update(status="done", finished=_now(), files=files)
         self.log(f"report  {files['markdown']}")
+
+
+def _args_for(args: list, suites: list) -> list:
+    """The plan's extra eval arguments without the ``--set SUITE.KEY=VALUE`` of suites this model is not scored
+    on (``minillm eval`` refuses a --set for a suite it does not run)."""
+    kept, i = [], 0
+    while i < len(args):
+        value = args[i + 1] if args[i] == "--set" and i + 1 < len(args) else (
+            args[i][len("--set="):] if args[i].startswith("--set=") else None)
+        width = 2 if args[i] == "--set" else 1
+        if value is None or value.split(".", 1)[0] in suites:
+            kept += args[i:i + width]
+        i += width
+    return kept
 
 
 def _catch_stop_signals() -> dict:
