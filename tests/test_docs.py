@@ -61,6 +61,8 @@ NOT_RUN = {
     "pip install 'minillm[scale]'": "scripts/setup installs the scale extra for these tests",
     "minillm compare --plan smollm2_dolly --data-dir data":
         "runs for about two hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
+    "minillm compare --plan smollm2_dolly_converged --data-dir data":
+        "runs for about two and a half hours on 2 cores; tests/test_compare.py runs the same plan on tiny models",
     # docs/serving.md: servers run until stopped; the page's distill commands run against `minillm serve` on a
     # tiny teacher (setup_page), and tests/test_serving.py starts the serve command itself.
     "TEACHER_KEY=change-me minillm serve HuggingFaceTB/SmolLM2-1.7B-Instruct --host 0.0.0.0 --port 8000 --dtype bf16 "

@@ -148,7 +148,8 @@ def write_comparison(comparison) -> dict:
     machine["torch_threads_per_stage"] = comparison.threads
     exposure = comparison.plan.evaluate.exposure
     files = write_reports(merged, out, plots=True, reference=exposure["teacher"] if exposure else None)
-    curves = plot_validation(summaries, comparison.plan.evaluate.models, out / "validation.png")
+    curves = plot_validation(summaries, [m for m in comparison.plan.evaluate.models if not exposure or m != exposure["teacher"]],
+                             out / "validation.png")
     if curves:
         files["validation_plot"] = str(curves)
     modes = plot_mode_seeking(merged, out / "mode_seeking.png")
@@ -221,7 +222,9 @@ def plot_validation(summaries: dict, models: list, path: Path):
         for model, points in series.items():
             axes.plot([p[key] for p in points], [p["valid_rougeL"] for p in points], marker=".",
                       color=colours[model], label=model)
-        axes.set_xlabel(label)
+        # log scale: a long initialisation and minutes-long comparisons on one axis
+        axes.set_xscale("symlog", linthresh=10.0 if key == "step_seconds" else 1000.0)
+        axes.set_xlabel(label + " (log scale)")
         axes.set_ylabel("validation Rouge-L (greedy), higher is better", fontsize="small")
     panels[0].legend(fontsize="x-small")
     figure.suptitle("What more steps did: validation Rouge-L during training", fontsize="medium")
