@@ -204,7 +204,7 @@ def plot_validation(summaries: dict, models: list, path: Path):
     """validation.png: validation Rouge-L of every evaluated stage that validated more than once, against training
     time and against teacher-forward tokens (the budget's two units); None without matplotlib or curves."""
     try:
-        from ..evaluation.plots import _figure, _save, model_colours
+        from ..evaluation.plots import model_colours, new_figure as _figure, save_figure as _save
     except ImportError:
         return None
     series = {m: [v for v in summaries.get(m, {}).get("validations", []) if v.get("valid_rougeL") is not None]
@@ -237,7 +237,7 @@ def plot_mode_seeking(merged: dict, path: Path):
     against student_nll_on_teacher (coverage: the model's NLL of the teacher's samples), both lower is better;
     None without matplotlib or without the measures (docs/evaluation.md)."""
     try:
-        from ..evaluation.plots import SUITE_TITLES, _figure, _save, model_colours
+        from ..evaluation.plots import SUITE_TITLES, model_colours, new_figure as _figure, save_figure as _save
     except ImportError:
         return None
     results = merged["results"]

@@ -127,3 +127,8 @@ def plot(report: dict, out_dir: Path, reference: Optional[str] = None) -> list:
     for name, series in curves.items():
         written.append(_curve(name, series, colours, out_dir / f"{_slug(name)}.png"))
     return written
+
+
+# For other reports' figures (the comparison's validation and mode-seeking plots): the same canvas and saving.
+new_figure = _figure
+save_figure = _save
