@@ -139,7 +139,7 @@ def write_comparison(comparison) -> dict:
     out = comparison.out / "results"
     out.mkdir(parents=True, exist_ok=True)
     summaries = {s.name: training_summary(comparison, s) for s in comparison.plan.stages}
-    for name, runs in comparison.plan.sweeps.items():   # a swept stage reads as its winner, with the sweep
+    for name in comparison.plan.sweeps:   # a swept stage reads as its winner, with the sweep
         chosen = comparison.winner(name)
         summaries[name] = {**summaries.get(chosen, {}), "chosen": chosen, "sweep": comparison.sweep_scores(name),
                            "settings": dict(o.split("=", 1) for o in comparison.plan.stage(chosen).swept) if chosen else {}}
@@ -203,10 +203,7 @@ def plot_again(document_path: Path, out_dir: Path) -> list:
 def plot_validation(summaries: dict, models: list, path: Path):
     """validation.png: validation Rouge-L of every evaluated stage that validated more than once, against training
     time and against teacher-forward tokens (the budget's two units); None without matplotlib or curves."""
-    try:
-        from ..evaluation.plots import model_colours, new_figure as _figure, save_figure as _save
-    except ImportError:
-        return None
+    from ..evaluation.plots import model_colours, new_figure as _figure, save_figure as _save   # matplotlib itself loads in _figure
     series = {m: [v for v in summaries.get(m, {}).get("validations", []) if v.get("valid_rougeL") is not None]
               for m in models}
     series = {m: v for m, v in series.items() if len(v) > 1}
@@ -236,10 +233,7 @@ def plot_mode_seeking(merged: dict, path: Path):
     """mode_seeking.png: per suite, each model's teacher_nll (precision: the teacher's NLL of the model's samples)
     against student_nll_on_teacher (coverage: the model's NLL of the teacher's samples), both lower is better;
     None without matplotlib or without the measures (docs/evaluation.md)."""
-    try:
-        from ..evaluation.plots import SUITE_TITLES, model_colours, new_figure as _figure, save_figure as _save
-    except ImportError:
-        return None
+    from ..evaluation.plots import SUITE_TITLES, model_colours, new_figure as _figure, save_figure as _save   # matplotlib itself loads in _figure
     results = merged["results"]
     suites = [s for s in merged["suites"]
               if any((results[m].get(s) or {}).get("metrics", {}).get("teacher_nll") is not None for m in results)]
