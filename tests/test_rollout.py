@@ -8,7 +8,7 @@ import torch
 from minillm_cli import MinillmError
 from minillm_cli.models.generation import SamplingConfig, generate
 from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
-from minillm_cli.training.decoding import filter_logits
+from minillm_cli.models.decoding import filter_logits
 from minillm_cli.training.rollout import Rollouts, sample_rollouts
 from minillm_cli.testing import make_tiny_model, make_tiny_tokenizer
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..errors import MinillmError
 from ..models.generation import SamplingConfig, left_pad
-from .decoding import Decoder, draw, forward_parameters, mix_logprobs, pick
+from ..models.decoding import Decoder, draw, forward_parameters, mix_logprobs, pick
 
 
 COIN_MODES = ("step", "row", "none")

@@ -60,7 +60,7 @@ from ..errors import MinillmError
 from ..models.forward import inference
 from ..models.generation import SamplingConfig, left_pad
 from .coin_sampling import COIN_MODES, Coins, needs_eager_teacher, sample_chunk_with_coins
-from .decoding import Decoder, check_rollout_request, draw, mix_logprobs, model_width, seeded_generator
+from ..models.decoding import Decoder, check_rollout_request, draw, mix_logprobs, model_width, seeded_generator
 
 
 @dataclass

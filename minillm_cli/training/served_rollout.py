@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..errors import MinillmError
 from ..models.generation import SamplingConfig, left_pad
 from .coin_sampling import Coins, needs_eager_teacher
-from .decoding import Decoder, check_rollout_request, draw, mix_logprobs, pick, seeded_generator
+from ..models.decoding import Decoder, check_rollout_request, draw, mix_logprobs, pick, seeded_generator
 from .rollout import Rollouts
 
 

@@ -7,7 +7,7 @@ import inspect
 import math
 
 from ..errors import MinillmError
-from ..models.generation import SamplingConfig
+from .sampling import SamplingConfig
 
 
 def filter_logits(logits, config: SamplingConfig):
