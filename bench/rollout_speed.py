@@ -8,8 +8,9 @@ Settings, all on the same prompts (the embedded data set in the family's prompt 
 
 - ``student model.generate (plain)``: the student's own ``model.generate`` called directly (left-padded batch, the
   same generation config), the reference for the overhead of minillm's wrapper;
-- ``student generate``: the student alone through ``minillm_cli.models.generation.generate`` (``model.generate`` with its
-  KV cache: what on-policy KD, GKD and DistiLLM sample with); its "× plain" column is against the row above;
+- ``student generate``: the student alone through ``minillm_cli.models.generation.generate`` (minillm's own decoding
+  loop with the KV cache: what evaluation, SeqKD and the on-policy objectives sample with); its "× plain" column is
+  against the row above;
 - ``teacher generate``: the teacher alone, likewise;
 - ``rollout α=0``: ``rollout.sample_rollouts`` without teacher mixing; it still decodes the teacher alongside,
   because the rewards need log p;
