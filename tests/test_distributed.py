@@ -186,8 +186,8 @@ def test_zero_checkpoint_resumes_on_another_process_count(setup):
 
 @needs_deepspeed
 def test_zero3_teacher_rollouts_in_lock_step(setup, tmp_path):
-    """Teacher-mixed sampling with a ZeRO-3-partitioned teacher when the processes decode different numbers of
-    tokens: lock-step decoding keeps the teacher's collectives matched, and the rollouts are the unsharded ones."""
+    """Teacher-mixed sampling and plain sampling with a ZeRO-3-partitioned model when the processes decode different
+    numbers of tokens: lock-step decoding keeps the collectives matched, and the samples are the unsharded ones."""
     root, student, teacher, _ = setup
     driver = Path(__file__).parent / "drivers" / "zero3_rollouts.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
@@ -202,6 +202,18 @@ def test_zero3_teacher_rollouts_in_lock_step(setup, tmp_path):
     results = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in range(2)]
     assert [r["lengths"] for r in results] == [[2, 2], [7]]
     assert all(r["same_responses"] and r["teacher_diff"] < 1e-5 and r["head_diff"] < 1e-5 for r in results)
+    assert [r["generation_lengths"] for r in results] == [[2, 2], [7]] and all(r["same_generations"] for r in results)
+
+
+@needs_deepspeed
+def test_on_policy_gkd_with_a_zero3_student_samples_in_lock_step(setup):
+    """GKD with λ = 1 samples every batch from a ZeRO-3-partitioned student; the processes' samples end at different
+    steps, and the run completes (without lock-step decoding one process would wait on the other's collective)."""
+    run = distill(setup, "zero3-onpolicy", "gkd", processes=2, batch=2, steps=2,
+                  extra=["--engine", "deepspeed", "--zero-stage", "3", "objective.lmbda=1"])
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert [s["step"] for s in steps if "loss" in s][-1] == 2
+    assert (run / "final" / "model.safetensors").is_file()
 
 
 @needs_deepspeed

@@ -11,12 +11,18 @@ class SamplingServices:
     """Needs, on the engine: ``unwrapped()``, ``teacher``, ``served_teacher``, ``tokenizer``, ``sampling``,
     ``device``, ``vocab_width``, ``zero_stage``, ``teacher_partitioned``, ``accelerator`` and ``objective``."""
 
-    def _sample(self, model, batch: Batch, source: str) -> Batch:
+    def _sample(self, model, batch: Batch, source: str, partitioned: bool = False) -> Batch:
         if model is self.served_teacher:   # the server samples, with a seed from the process's torch stream
             import torch
 
             results = model.generate(batch.prompts, self.sampling, seed=int(torch.randint(0, 2**62, (1,))),
                                      batch_size=len(batch.prompts))
+        elif partitioned:   # ZeRO-3: every forward pass is a collective, so processes decode in lock step
+            from . import sharding
+
+            view = sharding.lockstep(model, self.accelerator)
+            results = generate(view, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
+            sharding.drain([view], self.device)
         else:
             results = generate(model, self.tokenizer, batch.prompts, self.sampling, batch_size=len(batch.prompts))
         eos = self.tokenizer.eos_token_id
@@ -24,14 +30,14 @@ class SamplingServices:
         return make_batch(batch.prompts, responses, self.tokenizer.pad_token_id, source=source).to(self.device)
 
     def sample_student(self, batch: Batch) -> Batch:
-        return self._sample(self.unwrapped(), batch, "student")
+        return self._sample(self.unwrapped(), batch, "student", partitioned=self.zero_stage == 3)
 
     def sample_teacher(self, batch: Batch) -> Batch:
         if self.served_teacher is not None:
             return self._sample(self.served_teacher, batch, "teacher")
         if self.teacher is None:
             raise RuntimeError(f"objective '{self.objective.name}' samples the teacher but does not declare it")
-        return self._sample(self.teacher, batch, "teacher")
+        return self._sample(self.teacher, batch, "teacher", partitioned=bool(self.teacher_partitioned))
 
     def sample_mixed(self, batch: Batch, alpha: float, coins: str = "step") -> Batch:
         """Teacher-mixed rollouts (docs/method.md §1) for the batch's prompts, with per-token log-probs in extras;

@@ -140,6 +140,9 @@ def lockstep(model, accelerator):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
+            # What decoding reads besides forward: the context limits and the end-of-sequence ids.
+            self.config = inner.config
+            self.generation_config = getattr(inner, "generation_config", None)
 
             def forward(*args, **kwargs):
                 self.any_active(True)
