@@ -208,11 +208,14 @@ def test_zero3_teacher_rollouts_in_lock_step(setup, tmp_path):
 @needs_deepspeed
 def test_on_policy_gkd_with_a_zero3_student_samples_in_lock_step(setup):
     """GKD with λ = 1 samples every batch from a ZeRO-3-partitioned student; the processes' samples end at different
-    steps, and the run completes (without lock-step decoding one process would wait on the other's collective)."""
+    steps, and the run completes (without lock-step decoding one process would wait on the other's collective).
+    The validation's greedy Rouge-L decodes the partitioned student too, before and after."""
     run = distill(setup, "zero3-onpolicy", "gkd", processes=2, batch=2, steps=2,
-                  extra=["--engine", "deepspeed", "--zero-stage", "3", "objective.lmbda=1"])
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
-    assert [s["step"] for s in steps if "loss" in s][-1] == 2
+                  extra=["--engine", "deepspeed", "--zero-stage", "3", "objective.lmbda=1", "eval.before_after=true",
+                         "eval.rouge_examples=2"])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r][-1] == 2
+    assert sum("valid_rougeL" in r for r in records) >= 2
     assert (run / "final" / "model.safetensors").is_file()
 
 

@@ -61,7 +61,10 @@ def draw(logprobs, config: SamplingConfig, generator):
 
 
 def model_width(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+    """The number of logits: the output embedding's rows (its full shape under ZeRO-3, whose partitioned weight
+    is empty outside a forward pass)."""
+    weight = model.get_output_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
 
 
 def forward_parameters(model) -> set[str]:
