@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -149,3 +151,23 @@ def test_first_token_frequencies_follow_the_filtered_softmax(lm, settings):
     chi_square = float(((observed_bins - wanted_bins)[keep] ** 2 / wanted_bins[keep]).sum())
     freedom = int(keep.sum()) - 1
     assert freedom >= 10 and chi_square < freedom + 5 * (2 * freedom) ** 0.5, (chi_square, freedom)
+
+
+def test_a_lora_wrapped_model_decodes_with_its_own_cache_argument(lm):
+    """peft's wrapper passes **kwargs through: the decoding loop must call the wrapped model's cache argument by its
+    current name (no deprecation path) and decode what the uncached model gives."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from minillm_cli.models.decoding import forward_parameters
+
+    model, tokenizer = lm
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert "cache" in forward_parameters(wrapped) or "cache" not in forward_parameters(model)
+    prompts = _prompts(tokenizer)[:2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        results = generate(wrapped, tokenizer, prompts, SamplingConfig(temperature=0, max_new_tokens=6), batch_size=2)
+    for prompt, result in zip(prompts, results):
+        assert result.token_ids == _greedy_reference(wrapped, prompt, 6, tokenizer.eos_token_id)

@@ -68,10 +68,16 @@ def model_width(model) -> int:
 
 
 def forward_parameters(model) -> set[str]:
+    """The keyword arguments ``model.forward`` takes; for a wrapper that passes ``**kwargs`` through to the model
+    it wraps (a peft LoRA model), the wrapped model's too, so that its cache argument is called by its own name."""
     try:
-        return set(inspect.signature(model.forward).parameters)
+        parameters = set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return set()
+    base = getattr(model, "get_base_model", None)
+    if "kwargs" in parameters and callable(base) and base() is not model:
+        parameters |= forward_parameters(base())
+    return parameters
 
 
 class Decoder:
