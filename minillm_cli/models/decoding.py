@@ -89,25 +89,38 @@ class Decoder:
         self.device = next(model.parameters()).device
         parameters = forward_parameters(model)
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-        # transformers >= 5.x names the cache argument ``cache``; older versions ``past_key_values``.
-        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
-        self.past = None
+        self.cache = KVCache(parameters)
 
     def step(self, input_ids, attention_mask, position_ids):
         """Feed new tokens; returns float32 log-probs of the next token, [B, width]."""
-        output = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
+        output = self.cache.forward(self.model, self.device, input_ids, attention_mask, position_ids, **self.keep)
+        return output.logits[:, -1, : self.width].float().log_softmax(dim=-1)
+
+
+class KVCache:
+    """A module's KV cache across incremental forward passes, passed under the argument name its forward takes."""
+
+    def __init__(self, parameters: set[str]):
+        """``parameters``: the module's forward parameters (``forward_parameters``)."""
+        # transformers >= 5.x names the cache argument ``cache``; older versions ``past_key_values``.
+        self.argument = "cache" if "cache" in parameters else "past_key_values"
+        self.past = None
+
+    def forward(self, module, device, input_ids, attention_mask, position_ids, **extra):
+        """One pass of ``module`` over the new tokens with the cache so far; keeps the cache it returns."""
+        output = module(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
             use_cache=True,
-            **{self.cache_arg: self.past},
-            **self.keep,
+            **{self.argument: self.past},
+            **extra,
         )
         past = getattr(output, "cache", None)
         self.past = past if past is not None else getattr(output, "past_key_values", None)
         if self.past is None:
-            raise MinillmError(f"{type(self.model).__name__} returned no KV cache; incremental decoding needs one")
-        return output.logits[:, -1, : self.width].float().log_softmax(dim=-1)
+            raise MinillmError(f"{type(module).__name__} returned no KV cache; incremental decoding needs one")
+        return output
 
 
 def pick(logprobs, tokens):

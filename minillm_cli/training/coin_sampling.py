@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..errors import MinillmError
 from ..models.generation import SamplingConfig, left_pad
-from ..models.decoding import Decoder, draw, forward_parameters, mix_logprobs, pick
+from ..models.decoding import Decoder, KVCache, draw, forward_parameters, mix_logprobs, pick
 
 
 COIN_MODES = ("step", "row", "none")
@@ -126,9 +125,7 @@ class LazyTeacher:
         self.model_device = next(model.parameters()).device
         self.device = device
         self.prompt_ids = prompt_ids
-        # transformers >= 5.x names the cache argument ``cache``; older versions ``past_key_values``.
-        self.cache_arg = "cache" if "cache" in forward_parameters(self.body) else "past_key_values"
-        self.past = None
+        self.cache = KVCache(forward_parameters(self.body))
         self.fed = 0
         self.current = None
         self.token_logprobs = []      # [B] tensors: log p(y_j) for j < fed
@@ -161,9 +158,9 @@ class LazyTeacher:
         of a token already sampled and the last becomes ``current``."""
         import torch
 
-        if self.past is not None and step == self.fed:
+        if self.cache.past is not None and step == self.fed:
             return
-        if self.past is None:
+        if self.cache.past is None:
             first = 0
             new = torch.cat([self.prompt_ids, *[t.cpu().unsqueeze(-1) for t in sampled[:step]]], dim=-1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -179,18 +176,7 @@ class LazyTeacher:
         self.fed = step
 
     def _forward(self, input_ids, mask, positions):
-        output = self.body(
-            input_ids=input_ids.to(self.model_device),
-            attention_mask=mask.to(self.model_device),
-            position_ids=positions.to(self.model_device),
-            use_cache=True,
-            **{self.cache_arg: self.past},
-        )
-        past = getattr(output, "cache", None)
-        self.past = past if past is not None else getattr(output, "past_key_values", None)
-        if self.past is None:
-            raise MinillmError(f"{type(self.body).__name__} returned no KV cache; incremental decoding needs one")
-        return output.last_hidden_state
+        return self.cache.forward(self.body, self.model_device, input_ids, mask, positions).last_hidden_state
 
     def _read_rows(self, hidden, targets):
         """log p of ``targets`` ([B, n], or None for n = 0) under hidden rows 0 … n−1, a few positions at a time,
