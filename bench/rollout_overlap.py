@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from sampling_pair import add_pair_options, load_pair
+
 
 class TeacherWorker:
     """The teacher's KV cache on a thread of its own, fed tokens as the student samples them."""
@@ -87,12 +89,7 @@ class TeacherWorker:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="smollm2-135m-instruct")
-    parser.add_argument("--student-layers", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="bench/results/rollout_overlap.json")
+    add_pair_options(parser, "bench/results/rollout_overlap.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -100,37 +97,27 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from minillm_cli.data.instructions import load_instructions
-    from minillm_cli.data.tokenization import tokenize_prompts
-    from minillm_cli.models.decoding import Decoder, draw, model_width
+    from minillm_cli.models.decoding import Decoder, draw
     from minillm_cli.models.generation import SamplingConfig, left_pad
-    from minillm_cli.models.load import load_model, load_tokenizer, resolve_model
-    from minillm_cli.runs.prepare import ensure_hf_directory, student_from_teacher
     from minillm_cli.training.rollout import sample_rollouts
 
     console = Console(width=max(Console().width, 110))
-    teacher_ref = ensure_hf_directory(resolve_model(args.teacher), console)
-    student_ref = student_from_teacher(teacher_ref, args.student_layers)
-    tokenizer = load_tokenizer(student_ref)
-    teacher, student = load_model(teacher_ref), load_model(student_ref)
-    width = model_width(student)
-    examples = load_instructions("default", limit=args.batch)
-    prompts, _, _ = tokenize_prompts(examples, tokenizer, prompt_format=teacher_ref.family.prompt_format,
-                                     add_bos=teacher_ref.family.add_bos)
+    pair = load_pair(args, console)
+    teacher, student, tokenizer, width, prompts = pair.teacher, pair.student, pair.tokenizer, pair.width, pair.prompts
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    sampling = SamplingConfig(max_new_tokens=args.tokens)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
 
     def decode(alpha=None):
         """The student's loop; with ``alpha``, the teacher worker beside it and coins that wait for it."""
-        coins = [False] * args.tokens
+        coins = [False] * args.max_new_tokens
         if alpha:
-            coins = (torch.rand(args.tokens, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+            coins = (torch.rand(args.max_new_tokens, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
                      < alpha).tolist()
         worker = TeacherWorker(teacher, width, ids, mask) if alpha is not None else None
         generator, decoder, grown = torch.Generator().manual_seed(0), Decoder(student, width), mask
         with torch.inference_mode():
             logq = decoder.step(ids, grown, (grown.cumsum(-1) - 1).clamp(min=0))
-            for step in range(args.tokens):
+            for step in range(args.max_new_tokens):
                 logits = worker.distribution_after(step) if coins[step] else logq
                 tokens = draw(logits, sampling, generator)
                 if worker is not None:
@@ -138,9 +125,9 @@ def main() -> None:
                 grown = torch.cat([grown, torch.ones((grown.shape[0], 1), dtype=grown.dtype)], dim=-1)
                 logq = decoder.step(tokens.unsqueeze(-1), grown, grown.sum(-1, keepdim=True) - 1)
         if worker is not None:
-            worker.distribution_after(args.tokens)
+            worker.distribution_after(args.max_new_tokens)
             worker.close()
-        return args.batch * args.tokens
+        return args.batch * args.max_new_tokens
 
     def serial(alpha):
         """minillm's sampler; a row that samples end-of-sequence stops counting (the batch decodes on)."""
@@ -171,7 +158,7 @@ def main() -> None:
                      "threads": count})
     torch.set_num_threads(threads)
     reference = rows[0]["tokens_per_second"]
-    table = Table(title=f"{args.batch} prompts × {args.tokens} tokens, {args.teacher} → {args.student_layers}-layer student")
+    table = Table(title=f"{args.batch} prompts × {args.max_new_tokens} tokens, {args.teacher} → {args.student_layers}-layer student")
     for column in ("setting", "tokens/s (median)", "× student, 2 threads", "runs"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for row in rows:

@@ -31,16 +31,12 @@ import statistics
 import time
 from pathlib import Path
 
+from sampling_pair import add_pair_options, load_pair
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="smollm2-135m-instruct")
-    parser.add_argument("--student", default=None, help="default: cut --student-layers from the teacher")
-    parser.add_argument("--student-layers", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=8, help="prompts, all in one batch")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="bench/results/rollout_speed.json")
+    add_pair_options(parser, "bench/results/rollout_speed.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,22 +44,12 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from minillm_cli.data.instructions import load_instructions
-    from minillm_cli.data.tokenization import tokenize_prompts
-    from minillm_cli.runs.prepare import ensure_hf_directory, student_from_teacher
     from minillm_cli.models.generation import GenerationStats, SamplingConfig, generate
-    from minillm_cli.models.load import load_model, load_tokenizer, logit_width, resolve_model
     from minillm_cli.training.rollout import sample_rollouts
 
     console = Console(width=max(Console().width, 120))
-    teacher_ref = ensure_hf_directory(resolve_model(args.teacher), console)
-    student_ref = resolve_model(args.student) if args.student else student_from_teacher(teacher_ref, args.student_layers)
-    tokenizer = load_tokenizer(student_ref)
-    teacher, student = load_model(teacher_ref), load_model(student_ref)
-    width = logit_width(student)
-    examples = load_instructions("default", limit=args.batch)
-    prompts, _, _ = tokenize_prompts(examples, tokenizer, prompt_format=teacher_ref.family.prompt_format,
-                                     add_bos=teacher_ref.family.add_bos)
+    pair = load_pair(args, console)
+    teacher, student, tokenizer, width, prompts = pair.teacher, pair.student, pair.tokenizer, pair.width, pair.prompts
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
 
     def run_generate(model, seed):
