@@ -367,7 +367,7 @@ def test_plots_label_everything_and_give_each_model_one_colour(tmp_path, monkeyp
         "MiniLLM": {"dolly": result("rougeL", 7.5), "exposure": result("exaccerr_at_16", -16.0, curve)},
     }}
     figures = {}
-    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure) and path)
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.setdefault(path.name, figure) and path)
     written = plots.plot(report, tmp_path, reference="teacher")
     assert [p.name for p in written] == ["comparison.png", "exposure_bias.png"]
     dolly, exposure = figures["comparison.png"].axes

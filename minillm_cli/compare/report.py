@@ -203,14 +203,14 @@ def plot_again(document_path: Path, out_dir: Path) -> list:
 def plot_validation(summaries: dict, models: list, path: Path):
     """validation.png: validation Rouge-L of every evaluated stage that validated more than once, against training
     time and against teacher-forward tokens (the budget's two units); None without matplotlib or curves."""
-    from ..evaluation.plots import model_colours, new_figure as _figure, save_figure as _save   # matplotlib itself loads in _figure
+    from ..evaluation.plots import model_colours, new_figure, save_figure   # matplotlib itself loads in new_figure
     series = {m: [v for v in summaries.get(m, {}).get("validations", []) if v.get("valid_rougeL") is not None]
               for m in models}
     series = {m: v for m, v in series.items() if len(v) > 1}
     if not series:
         return None
     try:
-        figure, panels = _figure(11.0, 4.2, columns=2)
+        figure, panels = new_figure(11.0, 4.2, columns=2)
     except ImportError:
         return None
     colours = model_colours(list(series))
@@ -226,21 +226,21 @@ def plot_validation(summaries: dict, models: list, path: Path):
     panels[0].legend(fontsize="x-small")
     figure.suptitle("What more steps did: validation Rouge-L during training", fontsize="medium")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_mode_seeking(merged: dict, path: Path):
     """mode_seeking.png: per suite, each model's teacher_nll (precision: the teacher's NLL of the model's samples)
     against student_nll_on_teacher (coverage: the model's NLL of the teacher's samples), both lower is better;
     None without matplotlib or without the measures (docs/evaluation.md)."""
-    from ..evaluation.plots import SUITE_TITLES, model_colours, new_figure as _figure, save_figure as _save   # matplotlib itself loads in _figure
+    from ..evaluation.plots import SUITE_TITLES, model_colours, new_figure, save_figure   # matplotlib loads in new_figure
     results = merged["results"]
     suites = [s for s in merged["suites"]
               if any((results[m].get(s) or {}).get("metrics", {}).get("teacher_nll") is not None for m in results)]
     if not suites:
         return None
     try:
-        figure, panels = _figure(5.2 * len(suites), 4.4, columns=len(suites))
+        figure, panels = new_figure(5.2 * len(suites), 4.4, columns=len(suites))
     except ImportError:
         return None
     colours = model_colours(list(results))
@@ -258,4 +258,4 @@ def plot_mode_seeking(merged: dict, path: Path):
     figure.suptitle("Precision (low: mode-seeking) against coverage (left: mass-covering), nats per token",
                     fontsize="medium")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)

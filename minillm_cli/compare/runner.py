@@ -333,14 +333,18 @@ class Comparison:
 def _args_for(args: list, suites: list) -> list:
     """The plan's extra eval arguments without the ``--set SUITE.KEY=VALUE`` of suites this model is not scored
     on (``minillm eval`` refuses a --set for a suite it does not run)."""
-    kept, i = [], 0
-    while i < len(args):
-        value = args[i + 1] if args[i] == "--set" and i + 1 < len(args) else (
-            args[i][len("--set="):] if args[i].startswith("--set=") else None)
-        width = 2 if args[i] == "--set" else 1
-        if value is None or value.split(".", 1)[0] in suites:
-            kept += args[i:i + width]
-        i += width
+    kept, rest = [], list(args)
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--set" and rest:
+            value, pieces = rest[0], [flag, rest.pop(0)]
+        elif flag.startswith("--set="):
+            value, pieces = flag[len("--set="):], [flag]
+        else:
+            kept.append(flag)
+            continue
+        if value.split(".", 1)[0] in suites:
+            kept += pieces
     return kept
 
 

@@ -52,7 +52,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "plot"
 
 
-def _figure(width: float, height: float, columns: int = 1):
+def new_figure(width: float, height: float, columns: int = 1):
     """A matplotlib Figure on the Agg canvas (no pyplot: no global backend switch, no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -62,7 +62,7 @@ def _figure(width: float, height: float, columns: int = 1):
     return figure, [figure.add_subplot(1, columns, i + 1) for i in range(columns)]
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
     with atomic_open(path, "wb", encoding=None) as handle:
         figure.savefig(handle, format="png")
     return path
@@ -76,7 +76,7 @@ def _headline(result: Optional[dict]) -> Optional[str]:
 
 def _headline_panels(report: dict, suites: list, colours: dict, path: Path) -> Path:
     results = report["results"]
-    figure, panels = _figure(max(3.4, 2.9 * len(suites)) + 0.15 * len(results), 4.4, columns=len(suites))
+    figure, panels = new_figure(max(3.4, 2.9 * len(suites)) + 0.15 * len(results), 4.4, columns=len(suites))
     for axes, suite in zip(panels, suites):
         shown = [m for m in results if _headline(results[m].get(suite))]
         key = _headline(results[shown[0]][suite])
@@ -89,11 +89,11 @@ def _headline_panels(report: dict, suites: list, colours: dict, path: Path) -> P
         axes.axhline(0, color="black", linewidth=0.6)
     figure.suptitle("Headline metric per suite (mean ± std over generation seeds)", fontsize="medium")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _curve(name: str, series: list, colours: dict, path: Path) -> Path:
-    figure, (axes,) = _figure(5.8, 3.8)
+    figure, (axes,) = new_figure(5.8, 3.8)
     several_suites = len({suite for _, suite, _ in series}) > 1
     for model, suite, curve in series:
         points = [(x, y) for x, y in zip(curve["x"], curve["y"]) if y is not None]
@@ -105,7 +105,7 @@ def _curve(name: str, series: list, colours: dict, path: Path) -> Path:
     axes.set_title(first.get("title", name))
     axes.legend(fontsize="small")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot(report: dict, out_dir: Path, reference: Optional[str] = None) -> list:
@@ -127,8 +127,3 @@ def plot(report: dict, out_dir: Path, reference: Optional[str] = None) -> list:
     for name, series in curves.items():
         written.append(_curve(name, series, colours, out_dir / f"{_slug(name)}.png"))
     return written
-
-
-# For other reports' figures (the comparison's validation and mode-seeking plots): the same canvas and saving.
-new_figure = _figure
-save_figure = _save

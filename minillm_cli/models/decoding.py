@@ -1,5 +1,5 @@
-"""Token-by-token decoding for rollouts: a model's KV-cached decoding state, the sampling filters, exact draws,
-and the log-probabilities of a mixture of two models (docs/concepts.md, ``minillm``)."""
+"""Token-by-token decoding for generation and rollouts: a model's KV-cached decoding state, the sampling filters,
+exact draws, and the log-probabilities of a mixture of two models (docs/concepts.md, ``minillm``)."""
 
 from __future__ import annotations
 
@@ -60,9 +60,9 @@ def draw(logprobs, config: SamplingConfig, generator):
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
-def model_width(model) -> int:
-    """The number of logits: the output embedding's rows (its full shape under ZeRO-3, whose partitioned weight
-    is empty outside a forward pass)."""
+def logit_width(model) -> int:
+    """Number of logits the model produces: the output embedding's rows (its full shape under ZeRO-3, whose
+    partitioned weight is empty outside a forward pass)."""
     weight = model.get_output_embeddings().weight
     return getattr(weight, "ds_shape", weight.shape)[0]
 

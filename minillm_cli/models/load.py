@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import MinillmError
+from .decoding import logit_width   # noqa: F401  (re-exported: where callers look for a loaded model's facts)
 from .family import ModelFamily
 from .files import check_tokenizer_files, check_weights, read_config
 from ..plugins import model_families
@@ -296,6 +297,3 @@ def load_model(
     return model
 
 
-def logit_width(model) -> int:
-    """Number of logits the model produces (rows of its output embedding)."""
-    return model.get_output_embeddings().weight.shape[0]

@@ -35,6 +35,8 @@ class SamplingConfig:
             raise MinillmError("; ".join(problems))
 
     def generation_config(self, tokenizer):
+        """transformers' GenerationConfig of these settings: what ``model.generate`` would need for the same
+        sampling (``bench/rollout_speed.py`` times it as the reference; minillm samples with ``sampling_loop``)."""
         from transformers import GenerationConfig
 
         sampling = self.temperature > 0

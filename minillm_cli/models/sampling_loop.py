@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .decoding import Decoder, draw, model_width
+from .decoding import Decoder, draw, logit_width
 from .sampling import SamplingConfig, left_pad
 
 
@@ -67,7 +67,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], config: SamplingConfig
 
     size = len(prompts)
     ids, mask = left_pad(prompts, pad)
-    decoder = Decoder(model, model_width(model))
+    decoder = Decoder(model, logit_width(model))
     ban = NGramBan(config.no_repeat_ngram_size, prompts) if config.no_repeat_ngram_size else None
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=decoder.device)
     outputs: list[list[int]] = [[] for _ in range(size)]

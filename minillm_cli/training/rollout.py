@@ -60,7 +60,7 @@ from ..errors import MinillmError
 from ..models.forward import inference
 from ..models.generation import SamplingConfig, left_pad
 from .coin_sampling import COIN_MODES, Coins, needs_eager_teacher, sample_chunk_with_coins
-from ..models.decoding import Decoder, check_rollout_request, draw, mix_logprobs, model_width, seeded_generator
+from ..models.decoding import Decoder, check_rollout_request, draw, logit_width, mix_logprobs, seeded_generator
 
 
 @dataclass
@@ -178,7 +178,7 @@ def sample_rollouts(
     if eos is None:
         raise MinillmError("the tokenizer has no end-of-sequence token; responses cannot end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    student_width, teacher_width = model_width(student), model_width(teacher)
+    student_width, teacher_width = logit_width(student), logit_width(teacher)
     if vocab_width is None:
         if student_width != teacher_width:
             raise MinillmError(

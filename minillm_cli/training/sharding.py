@@ -119,11 +119,6 @@ def _gather(params):
         yield
 
 
-class _Width:
-    def __init__(self, shape):
-        self.weight = type("W", (), {"shape": shape})()
-
-
 def lockstep(model, accelerator):
     """A view of a ZeRO-3-partitioned model for decoding loops whose length differs between processes.
 
@@ -155,10 +150,8 @@ def lockstep(model, accelerator):
             flag = torch.tensor([1.0 if active else 0.0], device=accelerator.device)
             return float(accelerator.reduce(flag, "sum").item()) > 0
 
-        def get_output_embeddings(self):
-            head = self.inner.get_output_embeddings()
-            shape = getattr(head.weight, "ds_shape", head.weight.shape)
-            return _Width(shape)
+        def get_output_embeddings(self):   # decoding reads the width from it (``decoding.logit_width``)
+            return self.inner.get_output_embeddings()
 
     return Lockstep(model)
 
